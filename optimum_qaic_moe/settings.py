@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-SUPPORTED_TASKS = ("text-generation-with-past", "text-generation")
+SUPPORTED_TASKS = ("text-generation-with-past",)
 DISPATCHES = ("blocked", "loop")
 COMPILE_MODES = ("auto", "always", "never")
 HW_VERSIONS = ("ai100", "ai200")

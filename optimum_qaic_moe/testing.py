@@ -44,7 +44,7 @@ def build_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+                                   eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
 
 
 def tiny_config(model_type: str, **overrides):

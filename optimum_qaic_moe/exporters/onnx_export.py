@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import warnings
@@ -126,10 +127,23 @@ def _quiet():
         with contextlib.redirect_stdout(buf), warnings.catch_warnings():
             # torch.export internals; not actionable for users of this package.
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec.*")
+            # Emitted when several inputs share a torch.export.Dim: expected, not a problem.
+            warnings.filterwarnings("ignore", category=UserWarning, message=r"# The axis name: .* will not be used")
             yield buf
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
+
+
+def _summarize(exc: BaseException, limit: int = 4000) -> str:
+    """The useful part of a torch.onnx exporter error: its '## Exception summary' section if present."""
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "## Exception summary" in msg:
+        msg = msg.split("## Exception summary", 1)[1].split("(Refer to the full stack trace", 1)[0]
+    msg = msg.strip()
+    if len(msg) > limit:
+        msg = msg[:limit] + " ..."
+    return f"{type(exc).__name__}: {msg}"
 
 
 def _attach_qaic_functions(model) -> list[str]:
@@ -155,6 +169,71 @@ def _attach_qaic_functions(model) -> list[str]:
             model.functions[func.identifier()] = func
     model.opset_imports[QAIC_DOMAIN] = QAIC_DOMAIN_VERSION
     return sorted(used)
+
+
+def _apply_io_names(model, input_names, output_names) -> None:
+    """Give the graph inputs/outputs exactly the requested names.
+
+    Done here rather than by the exporter: with ``optimize=False`` the exporter renames a graph *input*
+    when the same value is also returned as an output (measured: inputs became ['x_out', 'y']). Outputs that
+    are graph inputs, initializers, or repeat an earlier output get their own Identity node first.
+    """
+    import onnx_ir as ir
+
+    graph = model.graph
+    if input_names is not None and len(input_names) != len(graph.inputs):
+        raise ExportCheckError(
+            f"{len(input_names)} input_names given but the exported graph has {len(graph.inputs)} inputs "
+            f"({[v.name for v in graph.inputs]})"
+        )
+    if output_names is not None and len(output_names) != len(graph.outputs):
+        raise ExportCheckError(
+            f"{len(output_names)} output_names given but the exported graph has {len(graph.outputs)} outputs "
+            f"({[v.name for v in graph.outputs]})"
+        )
+    for names in (input_names, output_names):
+        if names is not None and len(set(names)) != len(names):
+            raise ExportCheckError(f"duplicate names in {list(names)}")
+
+    if output_names is not None:
+        special = set(graph.inputs) | set(graph.initializers.values())
+        seen = set()
+        for i, value in enumerate(list(graph.outputs)):
+            if value in special or value in seen:
+                node = ir.node("Identity", [value])
+                node.outputs[0].type = value.type
+                node.outputs[0].shape = value.shape
+                graph.append(node)
+                graph.outputs[i] = node.outputs[0]
+                value = node.outputs[0]
+            seen.add(value)
+
+    targets = {}
+    if input_names is not None:
+        targets.update(zip(input_names, graph.inputs))
+    if output_names is not None:
+        if set(targets) & set(output_names):
+            raise ExportCheckError(f"input_names and output_names overlap: {sorted(set(targets) & set(output_names))}")
+        targets.update(zip(output_names, graph.outputs))
+    if not targets:
+        return
+    # Move any other value already using a target name out of the way, then rename.
+    wanted = set(targets.values())
+    taken = {v.name for v in graph.inputs} | set(graph.initializers)
+    values = list(graph.inputs) + list(graph.initializers.values())
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        values.extend(node.outputs)
+        taken.update(v.name for v in node.outputs)
+    counter = 0
+    for value in values:
+        if value.name in targets and value not in wanted:
+            while f"{value.name}__{counter}" in taken or f"{value.name}__{counter}" in targets:
+                counter += 1
+            new = f"{value.name}__{counter}"
+            taken.add(new)
+            value.name = new  # onnx_ir keeps graph.initializers keyed consistently
+    for name, value in targets.items():
+        value.name = name
 
 
 def _check_io_names(model, input_names, output_names) -> None:
@@ -216,8 +295,6 @@ def export_onnx(
                     tuple(args),
                     kwargs=kwargs,
                     dynamo=True,
-                    input_names=list(input_names) if input_names is not None else None,
-                    output_names=list(output_names) if output_names is not None else None,
                     opset_version=opset,
                     dynamic_shapes=dynamic_shapes,
                     custom_translation_table=translation_table(),
@@ -228,8 +305,7 @@ def export_onnx(
             except Exception as e:
                 out = captured.getvalue().strip()
                 raise ExportCheckError(
-                    f"torch.onnx.export(dynamo=True) failed for {type(module).__name__}: "
-                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    f"torch.onnx.export(dynamo=True) failed for {type(module).__name__}: {_summarize(e)}"
                     + (f"\nexporter output:\n{out}" if out else "")
                 ) from e
     finally:
@@ -237,6 +313,7 @@ def export_onnx(
             module.train(True)
 
     model = program.model
+    _apply_io_names(model, input_names, output_names)
     _check_io_names(model, input_names, output_names)
     _attach_qaic_functions(model)
 

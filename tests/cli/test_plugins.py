@@ -1,0 +1,84 @@
+"""Plugins: the built-ins come through the hooks, and a real third-party distribution with an entry point is
+found by `optimum-cli export qaic`."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import optimum_cli
+from optimum_qaic_moe import plugins
+
+PLUGIN_SETUP = """
+from setuptools import setup
+setup(name="qaic-demo-plugin", version="0.1", py_modules=["qaic_demo_plugin"],
+      entry_points={"optimum_qaic_moe": ["demo = qaic_demo_plugin"]})
+"""
+PLUGIN_MODULE = """
+import sys
+from optimum_qaic_moe.architectures.qwen3_moe import Qwen3MoeArchitecture, Qwen3MoeExportConfig
+from optimum_qaic_moe.plugins import hookimpl
+
+
+class DemoArchitecture(Qwen3MoeArchitecture):
+    model_type = "demo_moe"
+
+
+@hookimpl
+def register_architectures(register):
+    print("demo plugin: register_architectures called", file=sys.stderr)
+    register(DemoArchitecture())
+
+
+@hookimpl
+def register_export_configs(register):
+    register("demo_moe", Qwen3MoeExportConfig)
+"""
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory):
+    """Build and pip-install a real plugin distribution into a private directory (kept off the test venv)."""
+    src = tmp_path_factory.mktemp("plugin_src")
+    (src / "setup.py").write_text(PLUGIN_SETUP)
+    (src / "qaic_demo_plugin.py").write_text(textwrap.dedent(PLUGIN_MODULE))
+    target = tmp_path_factory.mktemp("plugin_site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True, capture_output=True)
+    return str(target)
+
+
+def test_builtins_register_through_the_hooks():
+    assert {"qwen3_moe", "gpt_oss"} <= set(plugins.get_architectures())
+    assert {"qwen3_moe", "gpt_oss"} <= set(plugins.get_export_configs())
+    assert "qaic-compile" in plugins.get_compile_backends()
+    names = {name for name, _ in plugins.get_plugin_manager().list_name_plugin()}
+    assert set(plugins.BUILTIN_PLUGINS) <= names
+
+
+def test_export_configs_reach_optimum_tasks_manager():
+    from optimum.exporters.tasks import TasksManager
+
+    plugins.get_export_configs()
+    for model_type in ("qwen3_moe", "gpt_oss"):
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="qaic",
+                                                                library_name="transformers")
+        assert "text-generation-with-past" in tasks
+
+
+def test_third_party_plugin_hook_is_called_by_the_cli(tmp_path, plugin_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    env = {"PYTHONPATH": plugin_path + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = optimum_cli("export", "qaic", "--model", model, tmp_path / "out", env=env)
+    assert "demo plugin: register_architectures called" in proc.stderr
+    assert "demo_moe" in proc.stderr.splitlines()[-1]  # the plugin's architecture is offered
+
+    env[plugins.DISABLE_ENV] = "1"
+    proc = optimum_cli("export", "qaic", "--model", model, tmp_path / "out", env=env)
+    assert "demo plugin" not in proc.stderr
+    assert "demo_moe" not in proc.stderr
+

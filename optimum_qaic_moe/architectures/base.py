@@ -29,6 +29,8 @@ class Architecture:
     """One model family. Subclasses set ``model_type`` and implement the three builders."""
 
     model_type: str = ""
+    # transformers' decoder layer unpacks (hidden, router_scores) from the MoE module (GPT-OSS does).
+    moe_returns_router_scores: bool = False
 
     def attention(self, hf_attention: nn.Module, config, layer_idx: int) -> nn.Module:
         """A module ``(hidden, cos, sin, position_ids, past_k, past_v) -> (out, new_k, new_v)``."""
@@ -46,11 +48,22 @@ class Architecture:
         for layer in hf_model.model.layers:
             block = self.moe_block(layer.mlp, hf_model.config, dispatch)
             if block is not None:
-                layer.mlp = block
+                layer.mlp = _WithRouterScores(block) if self.moe_returns_router_scores else block
         return hf_model
 
     def qaic_model(self, hf_model: nn.Module, dispatch: MoEDispatchConfig, ctx_len: int) -> "QAICCausalLM":
         return QAICCausalLM(hf_model, self, dispatch, ctx_len)
+
+
+class _WithRouterScores(nn.Module):
+    """Returns (out, None) where transformers' decoder layer expects the MoE module's router scores too."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, hidden_states):
+        return self.block(hidden_states), None
 
 
 def kv_cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,

@@ -82,6 +82,7 @@ def _sliding_window(config, layer_idx: int) -> Optional[int]:
 
 class GptOssArchitecture(Architecture):
     model_type = "gpt_oss"
+    moe_returns_router_scores = True
 
     def attention(self, hf_attention, config, layer_idx):
         return GptOssAttention(hf_attention)

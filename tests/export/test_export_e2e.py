@@ -1,0 +1,147 @@
+"""`optimum-cli export qaic` end to end, per architecture, checked against transformers with onnxruntime.
+
+The decode loop here drives the raw graph contract (names, shapes, RetainedState fed back as past) directly
+with onnxruntime, independent of the package's own runner."""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from conftest import ARCHS, optimum_cli, read_json
+
+QAIC_DOMAIN = "com.qualcomm.cloud"
+PREFILL, CTX = 8, 64
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def exported(request, exports, tiny_dirs):
+    out, proc = exports[request.param]
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs[request.param], dtype=torch.float32).eval()
+    return request.param, out, proc, hf
+
+
+def test_layout_and_side_files(exported):
+    arch, out, proc, hf = exported
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "qaic_config.json", "compile.sh"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    meta = read_json(os.path.join(out, "qaic_config.json"))
+    assert meta["model_type"] == arch
+    assert meta["settings"]["num_cores"] == 4 and meta["settings"]["moe_prefill_packed_chunk_size"] == 5
+    assert meta["versions"]["torch"] and meta["versions"]["transformers"]
+    for graph, seq_len in (("prefill", PREFILL), ("decode", 1)):
+        spec = read_json(os.path.join(out, graph, "specializations.json"))
+        assert spec == {"specializations": [{"batch_size": "1", "seq_len": str(seq_len), "ctx_len": str(CTX)}]}
+        custom_io = yaml.safe_load(open(os.path.join(out, graph, "custom_io.yaml")))
+        names = [entry["IOName"] for entry in custom_io]
+        layers = hf.config.num_hidden_layers
+        expected = [f"past_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
+        assert names == expected + [n + "_RetainedState" for n in expected]
+        assert {entry["Precision"] for entry in custom_io} == {"float16"}
+    assert "[qaic] verify:" in proc.stderr and "[qaic] export prefill graph" in proc.stderr
+
+
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_graph_passes_checker_and_keeps_custom_ops(exported, graph):
+    arch, out, _, _ = exported
+    path = os.path.join(out, graph, "model.onnx")
+    onnx.checker.check_model(path, full_check=True)
+    model = onnx.load(path)
+    used = {n.op_type for n in model.graph.node if n.domain == QAIC_DOMAIN}
+    functions = {f.name for f in model.functions if f.domain == QAIC_DOMAIN}
+    assert {"CtxScatter", "CtxGather"} <= used
+    if graph == "prefill":
+        assert {"CtxScatter3D", "CtxScatter3DInt", "CtxGather3D"} <= used  # the blocked MoE dispatch
+    assert used <= functions
+    assert QAIC_DOMAIN in {o.domain for o in model.opset_import}
+    ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def _sessions(out):
+    return {g: ort.InferenceSession(os.path.join(out, g, "model.onnx"), providers=["CPUExecutionProvider"])
+            for g in ("prefill", "decode")}
+
+
+def _empty_cache(session):
+    return {i.name: np.zeros(i.shape, dtype=np.float32) for i in session.get_inputs() if i.name.startswith("past_")}
+
+
+def _run(session, cache, ids, pos):
+    outputs = [o.name for o in session.get_outputs()]
+    result = dict(zip(outputs, session.run(None, {"input_ids": ids, "position_ids": pos, **cache})))
+    return result["logits"][:, -1], {n: result[n + "_RetainedState"] for n in cache}
+
+
+def test_prefill_logits_match_transformers(exported):
+    arch, out, _, hf = exported
+    sessions = _sessions(out)
+    ids = np.random.default_rng(0).integers(0, hf.config.vocab_size, (1, PREFILL))
+    logits, _ = _run(sessions["prefill"], _empty_cache(sessions["prefill"]), ids, np.arange(PREFILL)[None])
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids)).logits[:, -1].numpy()
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_prefill_and_greedy_decode_match_transformers(exported):
+    """A prompt of 19 tokens runs as 3 prefill chunks of 8 (the last padded with position -1), then 16 greedy
+    decode steps feed *_RetainedState back as past_*: the tokens equal transformers' greedy generate."""
+    arch, out, _, hf = exported
+    sessions = _sessions(out)
+    prompt = np.random.default_rng(1).integers(4, hf.config.vocab_size, (1, 19))
+    cache = _empty_cache(sessions["prefill"])
+    n = prompt.shape[1]
+    for start in range(0, n, PREFILL):
+        ids = np.zeros((1, PREFILL), dtype=np.int64)
+        pos = np.full((1, PREFILL), -1, dtype=np.int64)
+        chunk = prompt[:, start:start + PREFILL]
+        ids[:, :chunk.shape[1]] = chunk
+        pos[:, :chunk.shape[1]] = np.arange(start, start + chunk.shape[1])
+        logits, cache = _run(sessions["prefill"], cache, ids, pos)
+    tokens = []
+    for step in range(16):
+        nxt = logits.argmax(-1)
+        tokens.append(int(nxt[0]))
+        logits, cache = _run(sessions["decode"], cache, nxt[:, None].astype(np.int64), np.array([[n + step]]))
+    with torch.no_grad():
+        ref = hf.generate(torch.from_numpy(prompt), attention_mask=torch.ones_like(torch.from_numpy(prompt)),
+                          max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert tokens == ref[0, n:].tolist()
+
+
+@pytest.mark.parametrize("flag, graphs", [("--prefill-only", ["prefill"]), ("--decode-only", ["decode"])])
+def test_single_graph_exports(tmp_path, tiny_dirs, flag, graphs):
+    out = tmp_path / "out"
+    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len", 4, "--ctx-len", 32,
+                       "--num-cores", 3, "--moe-prefill-packed-chunk-size", 3, flag, out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p for p in os.listdir(out) if os.path.isdir(out / p)) == graphs
+    assert read_json(out / "qaic_config.json")["graphs"] == graphs
+    assert "[qaic] verify:" in proc.stderr  # verification runs on whichever graph exists
+
+
+def test_mxint8_kv_cache_precision(tmp_path, tiny_dirs):
+    out = tmp_path / "out"
+    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], "--prefill-seq-len", 4, "--ctx-len", 16,
+                       "--num-cores", 2, "--decode-only", "--no-verify", "--mxint8-kv-cache", out)
+    assert proc.returncode == 0, proc.stderr
+    custom_io = yaml.safe_load(open(out / "decode" / "custom_io.yaml"))
+    assert {entry["Precision"] for entry in custom_io} == {"mxint8"}
+    assert "[qaic] verify:" not in proc.stderr
+
+
+def test_unloadable_checkpoint_leaves_no_artifacts(tmp_path, tiny_dirs):
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text(open(os.path.join(tiny_dirs["qwen3_moe"], "config.json")).read())
+    (model / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "out"
+    proc = optimum_cli("export", "qaic", "--model", model, out)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: could not load a causal LM")
+    assert sorted(os.listdir(tmp_path)) == ["broken"]

@@ -104,6 +104,9 @@ def check_onnx(path) -> None:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only; warnings about unused initializers etc. are noise here
+    # Loading is the check; graph optimizations (constant folding, weight pre-packing) would only add
+    # memory: measured on a 1.03 GiB model, the load peaked at +1.1 GiB without them and +2.7 GiB with.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -29,22 +29,72 @@ class OrtGraph:
 
 
 class QAICGraph:
-    """A compiled program (QPC) on a Cloud AI 100 device through the SDK's ``qaicrt`` Python runtime."""
+    """A compiled program (``qpc/``) on a Cloud AI 100 card, through the platform SDK's ``qaicrt`` runtime.
+
+    Written against the SDK's documented Python interface; the SDK is proprietary and absent on our machines, so
+    this path has not been run here. The KV cache goes through the host (past_* in, *_RetainedState out), as
+    with onnxruntime: prefill and decode are separate programs, and host copies are what hands the cache from
+    one to the other. Keeping it on the card (one program with both specializations, or the SDK's DMA handoff)
+    is future work.
+    """
 
     def __init__(self, qpc_dir: str, device_id: int = 0):
+        import platform
+        import sys
+
+        for extra in (f"/opt/qti-aic/dev/lib/{platform.machine()}", "/opt/qti-aic/dev/python"):
+            if os.path.isdir(extra) and extra not in sys.path:
+                sys.path.append(extra)
         try:
-            import qaicrt  # noqa: F401  proprietary, ships with the QAIC platform SDK
-            from QEfficient.generation.cloud_infer import QAICInferenceSession
+            import qaicrt
+            import QAicApi_pb2 as aicapi
         except ImportError as e:
-            raise UserError("device='qaic' needs the QAIC platform SDK's Python runtime (qaicrt) and its session "
-                            "wrapper; neither is importable here. Use device='cpu' (onnxruntime) instead") from e
-        self.session = QAICInferenceSession(qpc_dir, device_ids=[device_id])
-        self.session.skip_buffers([n for n in self.session.input_names + self.session.output_names
-                                   if n.startswith("past_")])
+            raise UserError("device='qaic' needs the QAIC platform SDK's Python runtime (qaicrt, QAicApi_pb2), "
+                            "which is not importable here: install the SDK or use device='cpu'") from e
+        if not os.path.isfile(os.path.join(qpc_dir, "programqpc.bin")):
+            raise UserError(f"no compiled program in {qpc_dir}: compile first (bash compile.sh next to it)")
+        self.rt, ok = qaicrt, qaicrt.QStatus.QS_SUCCESS
+        self.context = qaicrt.Context()
+        self.queue = qaicrt.Queue(self.context, device_id)
+        qpc = qaicrt.Qpc(qpc_dir)
+        status, raw = qpc.getIoDescriptor()
+        if status != ok:
+            raise RuntimeError(f"qaicrt could not read the I/O descriptor of {qpc_dir}")
+        iodesc = aicapi.IoDesc()
+        iodesc.ParseFromString(bytes(raw))
+        dtypes = {aicapi.FLOAT_TYPE: np.float32, aicapi.FLOAT_16_TYPE: np.float16, aicapi.INT64_I_TYPE: np.int64,
+                  aicapi.INT32_I_TYPE: np.int32, aicapi.INT8_Q_TYPE: np.int8, aicapi.UINT8_Q_TYPE: np.uint8}
+        self.bindings = list(iodesc.selected_set.bindings)
+        self.dtype = {b.name: np.dtype(dtypes[b.type]) for b in self.bindings}
+        self.index = {b.name: b.index for b in self.bindings}
+        self.output_names = [b.name for b in self.bindings if b.dir == aicapi.BUFFER_IO_TYPE_OUTPUT]
+        self.program = qaicrt.Program(self.context, device_id, qpc, qaicrt.QAicProgramProperties())
+        if self.program.load() != ok or self.program.activate() != ok:
+            raise RuntimeError(f"qaicrt could not load and activate {qpc_dir} on device {device_id}")
+        self.exec = qaicrt.ExecObj(self.context, self.program)
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        feeds = {k: v for k, v in feeds.items() if not k.startswith("past_")}  # retained on device
-        return self.session.run(feeds)
+        rt, ok = self.rt, self.rt.QStatus.QS_SUCCESS
+        buffers, dims = [], []
+        for b in self.bindings:
+            array = feeds.get(b.name)
+            if array is None:  # outputs: the runtime allocates them at the compiled shape
+                array = np.zeros(tuple(b.dims), dtype=self.dtype[b.name])
+            array = np.ascontiguousarray(array, dtype=self.dtype[b.name])
+            buffers.append(rt.QBuffer(array.tobytes()))
+            dims.append((array.itemsize, list(array.shape)))
+        if self.exec.setData(buffers, rt.BufferDimensionsVecRef(dims)) != ok:
+            raise RuntimeError("qaicrt setData failed")
+        if self.queue.enqueue(self.exec) != ok or self.exec.waitForCompletion() != ok:
+            raise RuntimeError("qaicrt execution failed (do the input shapes match the compiled specialization?)")
+        status, out = self.exec.getData()
+        if status != ok:
+            raise RuntimeError("qaicrt getData failed")
+        result = {}
+        for name in self.output_names:  # fp16 / mxint8 KV comes back as fp16: the host cache keeps fp32
+            i = self.index[name]
+            result[name] = np.frombuffer(bytes(out[i]), self.dtype[name]).reshape(dims[i][1]).astype(np.float32)
+        return result
 
 
 class CausalLMRunner:

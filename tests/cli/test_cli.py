@@ -1,5 +1,6 @@
 """The `optimum-cli export qaic` command surface: discovery, help, and one clear line for bad input."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -78,3 +79,17 @@ def test_unsupported_model_type(tmp_path):
     _assert_one_line_error(proc, "unsupported model_type 'llama'", "gpt_oss", "qwen3_moe")
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("optimum.exporters.onnx") is None,
+                    reason="optimum-onnx is not installed (CI installs it on the transformers 4.57 line)")
+def test_onnx_export_keeps_working_beside_qaic(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    listing = optimum_cli("export", "--help").stdout
+    assert "qaic" in listing and "onnx" in listing
+    proc = optimum_cli("export", "onnx", "--model", tmp_path / "gpt2", "--task", "text-generation", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.onnx").is_file()

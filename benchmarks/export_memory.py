@@ -8,7 +8,6 @@ time and peak RSS (the OS's ru_maxrss of the child), next to the fp32 weight byt
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys

@@ -16,8 +16,8 @@ SHAPES = {  # name: (E experts, k per token, H hidden, I expert intermediate)
 
 def main(T: int = 512, N: int = 16, C: int = 256) -> None:
     print(f"T={T} tokens, N={N} cores, C={C} rows per packed chunk; FLOPs per MoE layer")
-    print(f"| model | dispatch | executed GFLOP | ideal GFLOP | executed / ideal |")
-    print(f"|---|---|---:|---:|---:|")
+    print("| model | dispatch | executed GFLOP | ideal GFLOP | executed / ideal |")
+    print("|---|---|---:|---:|---:|")
     for name, (E, k, H, I) in SHAPES.items():
         ideal = ideal_expert_flops(T, k, H, I)
         for dispatch in ("blocked", "loop", "gathered"):

@@ -12,7 +12,6 @@ the first step of a generation and one decode step afterwards, so transformers' 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile

@@ -1,6 +1,5 @@
 """QAICModelForCausalLM.generate on the onnxruntime reference runtime equals transformers token for token."""
 
-import os
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ moved into place only when complete, so a failed or interrupted export leaves no
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import shutil
@@ -18,7 +17,6 @@ from contextlib import contextmanager
 
 from ..settings import ExportSettings, UserError
 
-logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")

@@ -15,7 +15,6 @@ All Python loops here unroll at export: the graph is static for one T.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, List, Union
@@ -24,7 +23,6 @@ import torch
 
 from ..ops import INT32_MAX, ctx_gather_3d, ctx_scatter_3d, ctx_scatter_3d_int
 
-logger = logging.getLogger(__name__)
 
 ExpertMLP = Callable[[torch.Tensor, Union[slice, torch.Tensor]], torch.Tensor]
 

@@ -7,6 +7,7 @@ moved into place only when complete, so a failed or interrupted export leaves no
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -180,10 +181,13 @@ def main_export(settings: ExportSettings) -> str:
                              os.path.join(staging, graph))
         write_side_files(hf_model, settings.model, staging, settings, export_config, cache_lengths)
         if settings.verify:
-            from .verify import verify_export
+            from .verify import reference_run, verify_export
 
             with stage("verify in onnxruntime against transformers"):
-                verify_export(staging, hf_model, settings)
+                reference = reference_run(hf_model, settings)
+                del hf_model  # onnxruntime loads the graphs next: do not hold both in memory
+                gc.collect()
+                verify_export(staging, reference, say)
         publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

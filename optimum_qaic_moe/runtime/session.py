@@ -105,21 +105,32 @@ class CausalLMRunner:
     prefill graph (one valid token, the rest padding); without a prefill graph, prompts run token by token.
     """
 
-    def __init__(self, export_dir: str, device: str = "cpu"):
+    def __init__(self, export_dir: str, device: str = "cpu", one_graph_at_a_time: bool = False):
+        """``one_graph_at_a_time``: load a graph when first used and drop the other, so only one copy of the
+        weights is in memory (for a one-off check; generation switches graphs every call)."""
         with open(os.path.join(export_dir, "qaic_config.json")) as f:
             self.meta = json.load(f)
-        self.graphs = {}
-        for name in self.meta["graphs"]:
-            if device == "cpu":
-                self.graphs[name] = OrtGraph(os.path.join(export_dir, name, "model.onnx"))
-            elif device == "qaic":
-                self.graphs[name] = QAICGraph(os.path.join(export_dir, name, "qpc"))
-            else:
-                raise UserError(f"unknown device {device!r}: use 'cpu' (onnxruntime) or 'qaic'")
+        if device not in ("cpu", "qaic"):
+            raise UserError(f"unknown device {device!r}: use 'cpu' (onnxruntime) or 'qaic'")
+        self.export_dir, self.device, self.one_graph_at_a_time = export_dir, device, one_graph_at_a_time
+        self.graph_names = list(self.meta["graphs"])
+        self._loaded = {}
+        if not one_graph_at_a_time:
+            for name in self.graph_names:
+                self._graph(name)
         s = self.meta["settings"]
         self.batch_size, self.prefill_seq_len, self.ctx_len = s["batch_size"], s["prefill_seq_len"], s["ctx_len"]
         self.pad_token_id = self.meta.get("pad_token_id") or 0
         self.cache: Dict[str, np.ndarray] = {}
+
+    def _graph(self, name: str):
+        if name not in self._loaded:
+            if self.one_graph_at_a_time:
+                self._loaded.clear()
+            path = os.path.join(self.export_dir, name)
+            self._loaded[name] = (OrtGraph(os.path.join(path, "model.onnx")) if self.device == "cpu"
+                                  else QAICGraph(os.path.join(path, "qpc")))
+        return self._loaded[name]
 
     def reset(self) -> None:
         self.cache = {name: np.zeros(shape, dtype=np.float32) for name, shape in self.meta["cache_shapes"].items()}
@@ -129,7 +140,7 @@ class CausalLMRunner:
             raise UserError(f"position {int(position_ids.max())} does not fit the context of {self.ctx_len} "
                             "tokens: export with a larger --ctx-len or generate fewer tokens")
         feeds = {"input_ids": input_ids.astype(np.int64), "position_ids": position_ids.astype(np.int64), **self.cache}
-        out = self.graphs[graph].run(feeds)
+        out = self._graph(graph).run(feeds)
         for name in self.cache:
             if name + "_RetainedState" in out:
                 self.cache[name] = out[name + "_RetainedState"]
@@ -147,7 +158,7 @@ class CausalLMRunner:
         mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
         positions = np.where(mask > 0, np.cumsum(mask, axis=1) - 1, -1)
         self.reset()
-        if "prefill" in self.graphs:
+        if "prefill" in self.graph_names:
             graph, width = "prefill", self.prefill_seq_len
         else:
             graph, width = "decode", 1
@@ -169,7 +180,7 @@ class CausalLMRunner:
         tokens = np.asarray(tokens).reshape(-1, 1)
         positions = np.asarray(positions).reshape(-1, 1)
         self._check_batch(tokens.shape[0])
-        if "decode" in self.graphs:
+        if "decode" in self.graph_names:
             return self._run("decode", tokens, positions)
         width = self.prefill_seq_len
         ids = np.pad(tokens, ((0, 0), (0, width - 1)), constant_values=self.pad_token_id)

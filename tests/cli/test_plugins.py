@@ -72,7 +72,9 @@ def test_third_party_plugin_hook_is_called_by_the_cli(tmp_path, plugin_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama"}')
-    env = {"PYTHONPATH": plugin_path + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # No trailing separator: an empty PYTHONPATH entry would put the working directory (this source tree, with
+    # its own optimum/commands/register) on the path too, and optimum-cli would register `qaic` twice.
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (plugin_path, os.environ.get("PYTHONPATH")) if p)}
     proc = optimum_cli("export", "qaic", "--model", model, tmp_path / "out", env=env)
     assert "demo plugin: register_architectures called" in proc.stderr
     assert "demo_moe" in proc.stderr.splitlines()[-1]  # the plugin's architecture is offered

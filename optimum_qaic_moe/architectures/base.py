@@ -43,6 +43,9 @@ class Architecture:
     def cache_length(self, config, layer_idx: int, ctx_len: int) -> int:
         return ctx_len
 
+    def cache_lengths(self, config, ctx_len: int) -> List[int]:
+        return [self.cache_length(config, i, ctx_len) for i in range(config.num_hidden_layers)]
+
     def rewrite_moe(self, hf_model: nn.Module, dispatch: MoEDispatchConfig) -> nn.Module:
         """Replace the MoE blocks of a loaded transformers model in place (its other modules untouched)."""
         for layer in hf_model.model.layers:
@@ -133,7 +136,7 @@ class QAICCausalLM(nn.Module):
             block = arch.moe_block(layer.mlp, config, dispatch)
             mlps.append(layer.mlp if block is None else block)
         self.mlps = nn.ModuleList(mlps)
-        self.cache_lengths = [arch.cache_length(config, i, ctx_len) for i in range(len(base.layers))]
+        self.cache_lengths = arch.cache_lengths(config, ctx_len)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 past_key_values: List[torch.Tensor]) -> Tuple[torch.Tensor, ...]:

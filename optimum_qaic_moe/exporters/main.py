@@ -171,8 +171,7 @@ def main_export(settings: ExportSettings) -> str:
         with stage(f"load {model_type} from {settings.model}"):
             hf_model = load_model(settings.model)
         export_config = export_config_cls(hf_model.config, task=settings.task)
-        cache_lengths = [arch.cache_length(hf_model.config, i, settings.ctx_len)
-                         for i in range(hf_model.config.num_hidden_layers)]
+        cache_lengths = arch.cache_lengths(hf_model.config, settings.ctx_len)
         for graph, seq_len, dispatch in graph_plan(settings):
             with stage(f"export {graph} graph (seq_len {seq_len}, MoE {dispatch.dispatch}"
                        + (f", {settings.num_cores} cores, chunk {settings.moe_prefill_packed_chunk_size})"

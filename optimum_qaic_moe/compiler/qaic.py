@@ -117,8 +117,11 @@ class QAICCompileBackend:
             shutil.rmtree(cached, ignore_errors=True)
             os.replace(os.path.join(work, "qpc"), cached)
             shutil.rmtree(work, ignore_errors=True)
+        partial = f"{target}.partial-{os.getpid()}"  # never a half-copied qpc/ that looks complete
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(cached, partial)
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(cached, target)
+        os.replace(partial, target)
         return target
 
 

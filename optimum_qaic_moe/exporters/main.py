@@ -93,7 +93,8 @@ def export_graph(hf_model, arch, export_config, settings: ExportSettings, graph:
     args = export_config.example_inputs(settings.batch_size, seq_len, qaic_model.cache_lengths)
     with torch.no_grad():
         export_onnx(qaic_model, args, os.path.join(graph_dir, "model.onnx"), list(export_config.inputs),
-                    list(export_config.outputs), opset=settings.opset)
+                    list(export_config.outputs), opset=settings.opset,
+                    progress=lambda step: say(f"[qaic]   {graph}: {step}"))
     export_config.write_specializations(os.path.join(graph_dir, "specializations.json"), settings.batch_size,
                                         seq_len, settings.ctx_len)
     export_config.write_custom_io(os.path.join(graph_dir, "custom_io.yaml"), settings.mxint8_kv_cache)

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = ["ExportCheckError", "export_onnx", "check_onnx", "EXTERNAL_DATA_THRESHOLD"]
 
@@ -264,6 +264,7 @@ def export_onnx(
     kwargs: dict | None = None,
     optimize: bool = True,
     external_data: bool | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> pathlib.Path:
     """Export ``module(*args, **kwargs)`` to ONNX at ``output_path`` and check it; return the path.
 
@@ -275,6 +276,8 @@ def export_onnx(
     - ``external_data``: None = automatic (weights in ``<name>.data`` when initializers exceed
       ``EXTERNAL_DATA_THRESHOLD``), True/False forces.
     - The module is put in eval mode for the export and restored afterwards.
+    - ``progress``, when given, is called with a short line as each step (trace, save, check) starts: the
+      steps of a large model take minutes each.
 
     Raises ExportCheckError if the export or any check fails; nothing is then left at ``output_path``.
     """
@@ -291,6 +294,8 @@ def export_onnx(
     if was_training:
         module.eval()
     try:
+        if progress:
+            progress("trace and convert to ONNX")
         with _quiet() as captured:
             try:
                 program = torch.onnx.export(
@@ -326,6 +331,10 @@ def export_onnx(
     tmpdir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output_path.name}.tmp-", dir=output_path.parent))
     try:
         tmp_model = tmpdir / output_path.name
+        if progress:
+            size = _initializer_bytes(model)
+            size = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+            progress(f"save ({size} of weights" + (", external data)" if external_data else ")"))
         try:
             if external_data:
                 ir.save(model, tmp_model, external_data=data_name)
@@ -334,6 +343,8 @@ def export_onnx(
         except Exception as e:
             raise ExportCheckError(f"saving the exported model failed: {type(e).__name__}: {e}") from e
         del program, model
+        if progress:
+            progress("check (onnx.checker full_check, QAIC functions, onnxruntime load)")
         check_onnx(tmp_model)
         # Move into place: data first, so the model never points at a missing/stale data file.
         tmp_data = tmpdir / data_name

@@ -1,6 +1,6 @@
 """Wall time and peak memory of `optimum-cli export qaic` on a 2-layer model with Qwen3-30B-A3B layer shapes.
 
-    python benchmarks/export_memory.py [--layers 2] [--keep DIR]
+    python benchmarks/export_memory.py [--layers 2] [--verify] [--keep DIR]
 
 Builds the random checkpoint locally (no hub), then runs the real CLI in a subprocess and reports its wall
 time and peak RSS (the OS's ru_maxrss of the child), next to the fp32 weight bytes. Needs ~25 GB of disk.
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--num-cores", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--keep", default=None, help="Directory to keep the checkpoint and export in.")
+    parser.add_argument("--verify", action="store_true", help="Include the built-in onnxruntime verification.")
     args = parser.parse_args()
 
     root = args.keep or tempfile.mkdtemp(prefix="qaic-bench-")
@@ -55,7 +56,7 @@ def main() -> None:
     cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
     cmd = [cli, "export", "qaic", "--model", model_dir, "--prefill-seq-len", str(args.prefill_seq_len),
            "--ctx-len", str(args.ctx_len), "--num-cores", str(args.num_cores), "--moe-prefill-packed-chunk-size",
-           str(args.chunk), "--no-verify", "--compile", "never", out_dir]
+           str(args.chunk), "--compile", "never", out_dir] + ([] if args.verify else ["--no-verify"])
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)

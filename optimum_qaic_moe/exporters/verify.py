@@ -50,7 +50,7 @@ def reference_run(hf_model, settings: ExportSettings, decode_steps: int = 3, see
 def verify_export(export_dir: str, ref: Reference, say) -> float:
     from ..runtime.session import CausalLMRunner
 
-    runner = CausalLMRunner(export_dir, one_graph_at_a_time=True)
+    runner = CausalLMRunner(export_dir, low_memory=True)
     got = [runner.prefill(ref.prompt)]
     position = ref.prompt.shape[1]
     for token in ref.tokens:

@@ -16,11 +16,13 @@ from ..settings import UserError
 
 
 class OrtGraph:
-    def __init__(self, onnx_path: str):
+    def __init__(self, onnx_path: str, optimize: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if not optimize:  # no constant folding or weight pre-packing: about one copy of the weights, not two
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -105,17 +107,18 @@ class CausalLMRunner:
     prefill graph (one valid token, the rest padding); without a prefill graph, prompts run token by token.
     """
 
-    def __init__(self, export_dir: str, device: str = "cpu", one_graph_at_a_time: bool = False):
-        """``one_graph_at_a_time``: load a graph when first used and drop the other, so only one copy of the
-        weights is in memory (for a one-off check; generation switches graphs every call)."""
+    def __init__(self, export_dir: str, device: str = "cpu", low_memory: bool = False):
+        """``low_memory``: load a graph when first used and drop the other, without onnxruntime's graph
+        optimizations, so about one copy of the weights is in memory (for a one-off check such as the export's
+        verification; generation switches graphs every call and wants them all loaded and optimized)."""
         with open(os.path.join(export_dir, "qaic_config.json")) as f:
             self.meta = json.load(f)
         if device not in ("cpu", "qaic"):
             raise UserError(f"unknown device {device!r}: use 'cpu' (onnxruntime) or 'qaic'")
-        self.export_dir, self.device, self.one_graph_at_a_time = export_dir, device, one_graph_at_a_time
+        self.export_dir, self.device, self.low_memory = export_dir, device, low_memory
         self.graph_names = list(self.meta["graphs"])
         self._loaded = {}
-        if not one_graph_at_a_time:
+        if not low_memory:
             for name in self.graph_names:
                 self._graph(name)
         s = self.meta["settings"]
@@ -125,11 +128,11 @@ class CausalLMRunner:
 
     def _graph(self, name: str):
         if name not in self._loaded:
-            if self.one_graph_at_a_time:
+            if self.low_memory:
                 self._loaded.clear()
             path = os.path.join(self.export_dir, name)
-            self._loaded[name] = (OrtGraph(os.path.join(path, "model.onnx")) if self.device == "cpu"
-                                  else QAICGraph(os.path.join(path, "qpc")))
+            self._loaded[name] = (OrtGraph(os.path.join(path, "model.onnx"), optimize=not self.low_memory)
+                                  if self.device == "cpu" else QAICGraph(os.path.join(path, "qpc")))
         return self._loaded[name]
 
     def reset(self) -> None:

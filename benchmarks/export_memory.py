@@ -20,17 +20,6 @@ QWEN3_30B_A3B_LAYER = dict(hidden_size=2048, num_experts=128, num_experts_per_to
                            max_position_embeddings=40960, tie_word_embeddings=False)
 
 
-def build_checkpoint(path: str, layers: int) -> int:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model("qwen3_moe", num_hidden_layers=layers, **QWEN3_30B_A3B_LAYER)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(path)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2)
@@ -46,8 +35,9 @@ def main() -> None:
     model_dir, out_dir = os.path.join(root, "model"), os.path.join(root, "export")
     t0 = time.perf_counter()
     # Built in a child so its memory does not count against the export's peak.
-    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import export_memory as m; " \
-           f"print(m.build_checkpoint({model_dir!r}, {args.layers}))"
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
+           f"import checkpoints, export_memory as m; print(checkpoints.write_qwen3_moe_checkpoint(" \
+           f"{model_dir!r}, num_hidden_layers={args.layers}, **m.QWEN3_30B_A3B_LAYER))"
     weight_bytes = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                       text=True).stdout.split()[-1])
     print(f"checkpoint: {args.layers} layers, fp32 weights {weight_bytes / 2**30:.2f} GiB "

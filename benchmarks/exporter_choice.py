@@ -82,20 +82,11 @@ def main() -> None:
     p.add_argument("--ctx", type=int, default=1024)
     a = p.parse_args()
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from checkpoints import mid_size_shape, write_qwen3_moe_checkpoint
 
     root = tempfile.mkdtemp(prefix="qaic-exporters-")
     model_dir = os.path.join(root, "model")
-    config = AutoConfig.for_model("qwen3_moe", hidden_size=a.hidden, num_hidden_layers=a.layers,
-                                  num_experts=a.experts, num_experts_per_tok=8, moe_intermediate_size=a.hidden // 4,
-                                  intermediate_size=a.hidden * 3, num_attention_heads=16, num_key_value_heads=4,
-                                  head_dim=64, vocab_size=32000, norm_topk_prob=True, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
-    model.save_pretrained(model_dir)
-    del model
+    weight_bytes = write_qwen3_moe_checkpoint(model_dir, **mid_size_shape(a.layers, a.hidden, a.experts))
     print(f"Qwen3-MoE, {a.layers} layers, hidden {a.hidden}, {a.experts} experts top-8, "
           f"{weight_bytes / 2**30:.2f} GiB fp32; prefill graph seq {a.seq}, ctx {a.ctx}, 16 cores, chunk 64")
     print("| exporter | export s | peak RSS GiB | nodes | max rel. logits error vs transformers |")

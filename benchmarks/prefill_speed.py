@@ -30,19 +30,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     a = p.parse_args()
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from checkpoints import mid_size_shape, write_qwen3_moe_checkpoint
 
     from optimum_qaic_moe.runtime.session import CausalLMRunner
 
     root = tempfile.mkdtemp(prefix="qaic-speed-")
     model_dir = os.path.join(root, "model")
-    config = AutoConfig.for_model("qwen3_moe", hidden_size=a.hidden, num_hidden_layers=a.layers,
-                                  num_experts=a.experts, num_experts_per_tok=8, moe_intermediate_size=a.hidden // 4,
-                                  intermediate_size=a.hidden * 3, num_attention_heads=16, num_key_value_heads=4,
-                                  head_dim=64, vocab_size=32000, norm_topk_prob=True, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(model_dir)
+    write_qwen3_moe_checkpoint(model_dir, **mid_size_shape(a.layers, a.hidden, a.experts))
     cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
     runners = {}
     for dispatch in ("blocked", "loop"):

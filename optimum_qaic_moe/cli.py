@@ -57,15 +57,8 @@ class QAICExportCommand(BaseOptimumCLICommand):
         a = self.args
         from .settings import ExportSettings, UserError
 
-        settings = ExportSettings(
-            model=a.model, output=a.output, task=a.task, batch_size=a.batch_size, prefill_seq_len=a.prefill_seq_len,
-            ctx_len=a.ctx_len, num_cores=a.num_cores, moe_prefill_packed_chunk_size=a.moe_prefill_packed_chunk_size,
-            moe_prefill_dispatch=a.moe_prefill_dispatch, prefill_only=a.prefill_only, decode_only=a.decode_only,
-            enable_chunking=True, mxfp6_matmul=a.mxfp6_matmul, mxint8_kv_cache=a.mxint8_kv_cache, mos=a.mos,
-            aic_enable_depth_first=a.aic_enable_depth_first, num_devices=a.num_devices,
-            aic_hw_version=a.aic_hw_version, compile=a.compile, compiler=a.compiler, opset=a.opset,
-            verify=not a.no_verify,
-        )
+        # Option dests are the ExportSettings field names; from_dict drops argparse's own keys.
+        settings = ExportSettings.from_dict({**vars(a), "enable_chunking": True, "verify": not a.no_verify})
         try:
             settings.validate()
             from .exporters.main import main_export  # heavy: torch, transformers, onnx

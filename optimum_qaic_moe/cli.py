@@ -42,6 +42,9 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
                              "without a compiler; never: export only (default: auto).")
     parser.add_argument("--compiler", default=None, help="Path to qaic-compile (default: PATH, then /opt/qti-aic/exec).")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Export into a non-empty OUTPUT that holds no earlier export: files of the same names "
+                             "are replaced, all others kept. An earlier export is always replaced (atomically).")
     parser.add_argument("--no-verify", action="store_true",
                         help="Skip running the exported graphs in onnxruntime against transformers.")
 

@@ -63,6 +63,9 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         if not os.path.isdir(model_id):
             raise UserError(f"model directory not found: {model_id} (pass a local directory)")
         if not export:
+            from .exporters.publish import check_complete
+
+            check_complete(model_id)
             if not os.path.isfile(os.path.join(model_id, "qaic_config.json")):
                 raise UserError(f"{model_id} is not a QAIC export (no qaic_config.json): "
                                 "pass export=True to export a transformers checkpoint")

@@ -44,6 +44,7 @@ class ExportSettings:
     compiler: Optional[str] = None
     opset: int = 18
     verify: bool = True
+    overwrite: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "ExportSettings":

@@ -48,14 +48,20 @@ def write_compile_script(output_dir: str, commands) -> str:
     return path
 
 
-def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend,
+def write_compile_files(export_dir: str, settings: ExportSettings, resolved: ResolvedBackend):
+    """Write compile.sh (and what the commands read besides the graphs) into the export; return the commands."""
+    commands = resolved.backend.commands(export_dir, settings, resolved.compiler_path)
+    write_compile_script(export_dir, commands)
+    return commands
+
+
+def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend, commands,
                    say: Callable[[str], None] = print) -> None:
-    backend = resolved.backend
-    commands = backend.commands(output_dir, settings, resolved.compiler_path)
-    script = write_compile_script(output_dir, commands)
+    """Compile the published export in place (each graph's qpc/ appears only when complete), or say how to."""
     if resolved.compiler_path is None:
         why = "--compile never" if settings.compile == "never" else "no QAIC compiler found"
+        script = shlex.quote(os.path.join(output_dir, "compile.sh"))
         say(f"[qaic] not compiled ({why}); to compile later run: bash {script}")
         return
     for graph, argv in commands:
-        backend.compile(output_dir, graph, argv, say=say)
+        resolved.backend.compile(output_dir, graph, argv, say=say)

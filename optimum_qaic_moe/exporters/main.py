@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 
 from ..settings import ExportSettings, UserError
-
+from . import publish
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
@@ -134,22 +134,10 @@ def write_side_files(hf_model, model_dir: str, staging: str, settings: ExportSet
         "pad_token_id": hf_model.config.pad_token_id,
         "versions": package_versions(),
     }
+    meta["files"] = sorted(publish.export_files(staging) | {publish.CONFIG_NAME})  # what a re-export may replace
     with open(os.path.join(staging, "qaic_config.json"), "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
-
-
-def publish(staging: str, output: str) -> None:
-    """Move the finished artifacts from staging into output, replacing what an earlier export left there."""
-    os.makedirs(output, exist_ok=True)
-    for name in os.listdir(staging):
-        target = os.path.join(output, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        elif os.path.exists(target):
-            os.remove(target)
-        os.replace(os.path.join(staging, name), target)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def main_export(settings: ExportSettings) -> str:
@@ -157,17 +145,12 @@ def main_export(settings: ExportSettings) -> str:
     settings.validate()
     model_type = read_model_type(settings.model)
     arch, export_config_cls = resolve_architecture(model_type)
-    output = os.path.abspath(settings.output or ".")
-    if os.path.isfile(output):
-        raise UserError(f"output {output} is a file: give a directory")
 
     from .. import compiler  # resolves the compile backend before the long work, so a demand fails fast
 
     backend = compiler.resolve_backend(settings)
-
-    staging = f"{output.rstrip(os.sep)}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    target = publish.prepare(settings.output or ".", settings.overwrite)
+    staging = target.staging
     try:
         with stage(f"load {model_type} from {settings.model}"):
             hf_model = load_model(settings.model)
@@ -179,6 +162,7 @@ def main_export(settings: ExportSettings) -> str:
                           if dispatch.dispatch == "blocked" else ")")):
                 export_graph(hf_model, arch, export_config, settings, graph, seq_len, dispatch,
                              os.path.join(staging, graph))
+        commands = compiler.write_compile_files(staging, settings, backend)
         write_side_files(hf_model, settings.model, staging, settings, export_config, cache_lengths)
         if settings.verify:
             from .verify import reference_run, verify_export
@@ -188,11 +172,15 @@ def main_export(settings: ExportSettings) -> str:
                 del hf_model  # onnxruntime loads the graphs next: do not hold both in memory
                 gc.collect()
                 verify_export(staging, reference, say)
-        publish(staging, output)
+        publish.publish(target, settings.overwrite)
+    except OSError as e:  # disk full, permissions, ...: the user's environment, not a bug
+        publish.discard(target)
+        where = f" ({e.filename})" if e.filename else ""
+        raise UserError(f"could not write the export: {e.strerror or e}{where}") from e
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish.discard(target)
         raise
+    output = target.output
     say(f"[qaic] wrote {output}")
-    # After publishing: compile.sh and the compiler read the graphs at their final paths.
-    compiler.compile_export(output, settings, backend, say=say)
+    compiler.compile_export(output, settings, backend, commands, say=say)
     return output

@@ -340,6 +340,8 @@ def export_onnx(
                 ir.save(model, tmp_model, external_data=data_name)
             else:
                 ir.save(model, tmp_model)
+        except OSError:
+            raise  # disk full, permissions: the caller reports the user's environment
         except Exception as e:
             raise ExportCheckError(f"saving the exported model failed: {type(e).__name__}: {e}") from e
         del program, model

@@ -58,24 +58,21 @@ def _iter_nodes(graph) -> Iterable[Any]:
 
 
 def _check_custom_functions(model) -> None:
-    from optimum_qaic_moe.ops import QAIC_DOMAIN, QAIC_DOMAIN_VERSION
+    from optimum_qaic_moe.ops import FUNCTION_DOMAINS
 
     functions = {(f.domain, f.name) for f in model.functions}
     nodes = list(_iter_nodes(model.graph))
     for f in model.functions:
         nodes.extend(f.node)
-    missing = sorted({n.op_type for n in nodes if n.domain == QAIC_DOMAIN and (n.domain, n.op_type) not in functions})
+    missing = sorted({f"{n.domain}::{n.op_type}" for n in nodes
+                      if n.domain in FUNCTION_DOMAINS and (n.domain, n.op_type) not in functions})
     if missing:
-        raise ExportCheckError(
-            f"nodes in domain {QAIC_DOMAIN} without a matching function in model.functions: {missing}"
-        )
-    if any(n.domain == QAIC_DOMAIN for n in nodes):
-        versions = {o.domain: o.version for o in model.opset_import}
-        if versions.get(QAIC_DOMAIN) != QAIC_DOMAIN_VERSION:
-            raise ExportCheckError(
-                f"model uses domain {QAIC_DOMAIN} but opset_import has version {versions.get(QAIC_DOMAIN)!r}, "
-                f"expected {QAIC_DOMAIN_VERSION}"
-            )
+        raise ExportCheckError(f"nodes without a matching function in model.functions: {missing}")
+    versions = {o.domain: o.version for o in model.opset_import}
+    for domain in {n.domain for n in nodes} & set(FUNCTION_DOMAINS):
+        if versions.get(domain) != FUNCTION_DOMAINS[domain]:
+            raise ExportCheckError(f"model uses domain {domain} but opset_import has version "
+                                   f"{versions.get(domain)!r}, expected {FUNCTION_DOMAINS[domain]}")
 
 
 def check_onnx(path) -> None:
@@ -150,28 +147,29 @@ def _summarize(exc: BaseException, limit: int = 4000) -> str:
 
 
 def _attach_qaic_functions(model) -> list[str]:
-    """Attach the function bodies of the QAIC ops used in the (onnx_ir) model; return their names."""
+    """Attach the function bodies of the custom ops used in the (onnx_ir) model; return their names."""
     import onnx_ir as ir
 
-    from optimum_qaic_moe.ops import OP_NAMES, QAIC_DOMAIN, QAIC_DOMAIN_VERSION, onnx_functions
+    from optimum_qaic_moe.ops import FUNCTION_DOMAINS, onnx_functions
 
     used = set()
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain == QAIC_DOMAIN:
-            if node.op_type not in OP_NAMES:
-                raise ExportCheckError(f"unknown op {QAIC_DOMAIN}::{node.op_type} in exported graph")
-            used.add(node.op_type)
+        if node.domain in FUNCTION_DOMAINS:
+            used.add((node.domain, node.op_type))
     if not used:
         return []
     opset = model.opset_imports.get("", None)
     if opset is None:
         raise ExportCheckError("exported model has no default-domain opset import")
-    for fproto in onnx_functions(opset):
-        if fproto.name in used:
-            func = ir.serde.deserialize_function(fproto)
-            model.functions[func.identifier()] = func
-    model.opset_imports[QAIC_DOMAIN] = QAIC_DOMAIN_VERSION
-    return sorted(used)
+    bodies = {(f.domain, f.name): f for f in onnx_functions(opset)}
+    unknown = sorted(f"{d}::{n}" for d, n in used - set(bodies))
+    if unknown:
+        raise ExportCheckError(f"unknown op(s) {unknown} in exported graph")
+    for key in sorted(used):
+        func = ir.serde.deserialize_function(bodies[key])
+        model.functions[func.identifier()] = func
+        model.opset_imports[key[0]] = FUNCTION_DOMAINS[key[0]]
+    return sorted(name for _, name in used)
 
 
 def _apply_io_names(model, input_names, output_names) -> None:

@@ -1,4 +1,4 @@
-"""QAIC custom ops (DESIGN.md section 3).
+"""QAIC custom ops.
 
 Each op exists twice, with identical semantics:
 
@@ -6,6 +6,9 @@ Each op exists twice, with identical semantics:
   ``torch.export``), reached through the python wrappers below;
 * an ONNX function in domain ``com.qualcomm.cloud`` (version 1) whose body uses only standard ONNX ops. The
   QAIC compiler recognises the node by its name; onnxruntime executes the function body.
+
+``CustomRMSNorm`` (domain ``com.qti.aisw.onnx``, attribute ``epsilon``) is the RMSNorm kernel the compiler
+knows; it keeps the norm one node, so its internal sum of squares is not an fp16 activation.
 
 The sentinel ``INT32_MAX`` in an index tensor means "skip" for scatters and "read row 0" for gathers.
 Index tensors may be int32 or int64, both in eager and in the graph (the function bodies cast to int64,
@@ -33,6 +36,9 @@ __all__ = [
     "ctx_scatter_3d",
     "ctx_scatter_3d_int",
     "ctx_gather_3d",
+    "rms_norm",
+    "RMS_NORM_DOMAIN",
+    "FUNCTION_DOMAINS",
     "onnx_functions",
     "translation_table",
 ]
@@ -40,6 +46,8 @@ __all__ = [
 INT32_MAX = 2**31 - 1
 QAIC_DOMAIN = "com.qualcomm.cloud"
 QAIC_DOMAIN_VERSION = 1
+RMS_NORM_DOMAIN = "com.qti.aisw.onnx"
+FUNCTION_DOMAINS = {QAIC_DOMAIN: QAIC_DOMAIN_VERSION, RMS_NORM_DOMAIN: 1}  # custom domains whose nodes we define
 
 # ONNX op type (= function name) -> torch custom op name in namespace "qaic".
 OP_NAMES = {
@@ -202,6 +210,18 @@ def _(data, idx):
     return data.new_empty((b, idx.shape[1], d))
 
 
+@torch.library.custom_op("qaic::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
+    # The op sequence of the ONNX body (Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul).
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.reciprocal(torch.sqrt(variance + epsilon)))
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, epsilon):
+    return torch.empty_like(x)
+
+
 # --------------------------------------------------------------------------------------------------------
 # public python API
 # --------------------------------------------------------------------------------------------------------
@@ -234,13 +254,19 @@ def ctx_gather_3d(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.ops.qaic.ctx_gather_3d(data, idx)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """CustomRMSNorm: weight * x / sqrt(mean(x^2, -1) + epsilon) over the last dim."""
+    return torch.ops.qaic.rms_norm(x, weight, float(epsilon))
+
+
 # --------------------------------------------------------------------------------------------------------
 # ONNX side
 # --------------------------------------------------------------------------------------------------------
 
 
 def onnx_functions(opset: int) -> list["onnx.FunctionProto"]:
-    """The five FunctionProtos (domain com.qualcomm.cloud), bodies in the default domain at `opset`."""
+    """The FunctionProtos of every op here: the five com.qualcomm.cloud ops, then CustomRMSNorm (domain
+    com.qti.aisw.onnx); bodies in the default domain at ``opset``."""
     from ._onnx_functions import build_functions
 
     return build_functions(opset)

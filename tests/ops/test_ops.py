@@ -254,8 +254,9 @@ def _fixed_case(op_type, seed):
 def test_onnx_functions_every_opset(opset):
     """The FunctionProtos alone (no torch export) in a hand-built model, for each supported opset."""
     funcs = ops.onnx_functions(opset)
-    assert [f.name for f in funcs] == ["CtxScatter", "CtxGather", "CtxScatter3D", "CtxScatter3DInt", "CtxGather3D"]
-    assert all(isinstance(f, onnx.FunctionProto) and f.domain == QAIC_DOMAIN for f in funcs)
+    assert [(f.domain, f.name) for f in funcs] == [(QAIC_DOMAIN, name) for name in OPS] + [
+        (ops.RMS_NORM_DOMAIN, "CustomRMSNorm")]
+    assert all(isinstance(f, onnx.FunctionProto) for f in funcs)
     assert all([(o.domain, o.version) for o in f.opset_import] == [("", opset)] for f in funcs)
     for i, op_type in enumerate(OPS):
         args = _fixed_case(op_type, seed=i)
@@ -279,6 +280,45 @@ def test_onnx_functions_every_opset(opset):
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         (got,) = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
         assert same_bits(got, want), (opset, op_type)
+
+
+def _rms_norm_model(opset, shape):
+    graph = helper.make_graph(
+        [helper.make_node("CustomRMSNorm", ["x", "w"], ["y"], domain=ops.RMS_NORM_DOMAIN, epsilon=1e-6)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [shape[-1]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid(ops.RMS_NORM_DOMAIN, 1)],
+                              functions=ops.onnx_functions(opset))
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("opset", [14, 17, 18, 23])
+def test_custom_rms_norm_matches_eager_and_transformers(opset):
+    """The CustomRMSNorm body (ReduceMean's axes moved from attribute to input at opset 18) against the eager op
+    and against transformers' RMSNorm."""
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeRMSNorm
+
+    gen = torch.Generator().manual_seed(opset)
+    x, w = torch.randn(2, 5, 64, generator=gen) * 30, torch.randn(64, generator=gen)
+    (got,) = _rms_norm_model(opset, x.shape).run(None, {"x": x.numpy(), "w": w.numpy()})
+    eager = ops.rms_norm(x, w, 1e-6)
+    np.testing.assert_allclose(got, eager.numpy(), rtol=1e-6, atol=1e-6)
+    hf = Qwen3MoeRMSNorm(64, eps=1e-6)
+    hf.weight.data = w
+    np.testing.assert_allclose(eager.numpy(), hf(x).detach().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_cache_op_bodies_move_only_the_rows_they_touch():
+    """No transpose, pad or slice of the cache: a call costs the rows it reads or writes, not the cache."""
+    for f in ops.onnx_functions(18)[:5]:
+        kinds = {n.op_type for n in f.node}
+        assert not {"Transpose", "Pad"} & kinds, f.name
+        slices = [n for n in f.node if n.op_type == "Slice"]
+        assert all(n.input[1:3] == ["zero1", "one1"] for n in slices), f.name  # only data's slot 0
 
 
 def test_onnx_functions_rejects_unsupported_opset():
@@ -479,7 +519,8 @@ def test_export_is_quiet_and_restores_mode(tmp_path, capfd):
 
 def test_translation_table_emits_bare_nodes():
     table = ops.translation_table()
-    assert set(table) == {getattr(torch.ops.qaic, name).default for name in ops.OP_NAMES.values()}
+    names = [*ops.OP_NAMES.values(), "rms_norm"]
+    assert set(table) == {getattr(torch.ops.qaic, name).default for name in names}
     # plain callables, not onnxscript functions with a body (those get inlined by the exporter)
     import onnxscript
 

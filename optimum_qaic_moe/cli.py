@@ -16,7 +16,9 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="Batch size of both graphs (default: 1).")
     parser.add_argument("--prefill-seq-len", type=int, default=128,
                         help="Tokens per prefill call; longer prompts run as successive chunks (default: 128).")
-    parser.add_argument("--ctx-len", type=int, default=1024, help="KV cache length (default: 1024).")
+    parser.add_argument("--ctx-len", type=int, nargs="+", default=[1024],
+                        help="KV cache length; several values give one graph with one compiler specialization each "
+                             "(default: 1024).")
     parser.add_argument("--num-cores", type=int, default=16,
                         help="NSP cores: experts are dealt to this many cores in the blocked prefill, and the "
                              "compiler uses this many (default: 16). Any value >= 1 works.")

@@ -1,10 +1,9 @@
 """Hook specifications and the plugin manager.
 
-Three things are pluggable, each through one hook that receives a ``register`` callback:
+Two things are pluggable, each through one hook that receives a ``register`` callback:
 
-* architectures: how a transformers ``model_type`` is rewritten for QAIC (attention + MoE),
-* export configs: the Optimum-style export config of a ``model_type`` (also registered with
-  Optimum's ``TasksManager`` under the exporter name ``qaic``),
+* architectures: how a transformers ``model_type`` becomes the QAIC graph modules (attention, MoE, cache layout)
+  and its export config (also registered with Optimum's ``TasksManager`` under the exporter name ``qaic``),
 * compile backends: what turns an exported graph into a device program.
 
 Built-in support (Qwen3-MoE, GPT-OSS, qaic-compile) is registered through these same hooks. Third-party
@@ -44,11 +43,6 @@ class Hookspecs:
 
         ``architecture`` has a ``model_type`` attribute (the transformers ``config.model_type``) and builds the
         QAIC graph modules; see ``optimum_qaic_moe.architectures.base.Architecture``."""
-
-    @hookspec
-    def register_export_configs(self, register: Callable[[str, type], None]) -> None:
-        """Call ``register(model_type, export_config_class)``; the class is also registered with Optimum's
-        ``TasksManager`` under exporter ``qaic`` for its ``SUPPORTED_TASKS``."""
 
     @hookspec
     def register_compile_backends(self, register: Callable[[Any], None]) -> None:
@@ -96,14 +90,16 @@ def get_architectures() -> Dict[str, Any]:
 
 
 def get_export_configs() -> Dict[str, type]:
-    """``{model_type: export config class}``, also registered with Optimum's TasksManager (exporter ``qaic``)."""
-    configs = {model_type: cls for model_type, (_, cls) in
-               _collect("register_export_configs", lambda model_type, cls: model_type).items()}
+    """``{model_type: export config class}`` of every architecture, also registered with Optimum's TasksManager
+    (exporter ``qaic``)."""
     from optimum.exporters.tasks import TasksManager
 
+    configs = {}
     register = TasksManager.create_register("qaic", overwrite_existing=True)
-    for model_type, cls in configs.items():
-        register(model_type, *cls.SUPPORTED_TASKS)(cls)
+    for model_type, arch in get_architectures().items():
+        base = arch.export_config_class
+        cls = type(f"{type(arch).__name__}ExportConfig", (base,), {"architecture": arch})
+        configs[model_type] = register(model_type, *cls.SUPPORTED_TASKS)(cls)
     return configs
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional, Union
 
 SUPPORTED_TASKS = ("text-generation-with-past",)
 DISPATCHES = ("blocked", "loop")
@@ -27,7 +27,7 @@ class ExportSettings:
     task: str = "text-generation-with-past"
     batch_size: int = 1
     prefill_seq_len: int = 128
-    ctx_len: int = 1024
+    ctx_len: Union[int, List[int]] = 1024  # several values: one graph, one specialization each
     num_cores: int = 16
     moe_prefill_packed_chunk_size: int = 256
     moe_prefill_dispatch: str = "blocked"
@@ -56,16 +56,18 @@ class ExportSettings:
             raise UserError(f"no config.json in {self.model}: --model must be a transformers checkpoint directory")
         if self.task not in SUPPORTED_TASKS:
             raise UserError(f"unknown task {self.task!r}: use one of {', '.join(SUPPORTED_TASKS)}")
-        for name in ("batch_size", "prefill_seq_len", "ctx_len", "num_cores", "moe_prefill_packed_chunk_size",
-                     "num_devices"):
+        for name in ("batch_size", "prefill_seq_len", "num_cores", "moe_prefill_packed_chunk_size", "num_devices"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UserError(f"{flag} must be a positive integer, got {value!r}")
+        ctx = self.ctx_len if isinstance(self.ctx_len, (list, tuple)) else [self.ctx_len]
+        if not ctx or not all(isinstance(c, int) and c >= 1 for c in ctx):
+            raise UserError(f"--ctx-len must be one or more positive integers, got {self.ctx_len!r}")
         if self.mos is not None and self.mos < 1:
             raise UserError(f"--mos must be a positive integer, got {self.mos}")
-        if self.prefill_seq_len > self.ctx_len:
-            raise UserError(f"--prefill-seq-len {self.prefill_seq_len} is longer than --ctx-len {self.ctx_len}: "
+        if self.prefill_seq_len > min(ctx):
+            raise UserError(f"--prefill-seq-len {self.prefill_seq_len} is longer than --ctx-len {min(ctx)}: "
                             "raise --ctx-len or lower --prefill-seq-len")
         if self.prefill_only and self.decode_only:
             raise UserError("--prefill-only and --decode-only exclude each other: pass at most one")
@@ -78,6 +80,11 @@ class ExportSettings:
         if not 14 <= self.opset <= 23:
             raise UserError(f"--opset {self.opset} is not supported: use an opset between 14 and 23")
         return self
+
+    @property
+    def ctx_lens(self) -> List[int]:
+        """The context lengths to serve, ascending (``ctx_len`` may be one value or several)."""
+        return sorted(set(self.ctx_len if isinstance(self.ctx_len, (list, tuple)) else [self.ctx_len]))
 
     @property
     def graphs(self) -> tuple:

@@ -56,7 +56,7 @@ class QAICCompileBackend:
         """argv for one graph; paths relative to the export directory (compile.sh cd's there)."""
         exe = compiler or os.path.join(SDK_DIR, "qaic-compile")
         g = os.path.basename(graph_dir)
-        argv = [exe, "-aic-hw", f"-aic-hw-version={settings.aic_hw_version}", f"-m={g}/model.onnx",
+        argv = [exe, "-aic-hw", f"-aic-hw-version={settings.aic_hw_version}", f"-m={g}.onnx",
                 "-retained-state", "-convert-to-fp16", f"-aic-num-cores={settings.num_cores}"]
         if os.path.basename(exe).startswith("qaic-exec"):
             argv.insert(1, "-compile-only")

@@ -1,13 +1,17 @@
 """The export pipeline behind `optimum-cli export qaic` and ``QAICModelForCausalLM.from_pretrained(export=True)``:
 
-load -> rewrite (architecture plugin) -> export each graph (export config + custom ops) -> verify in
-onnxruntime -> compile (backend plugin). Everything is built in a staging directory next to the output and
-moved into place only when complete, so a failed or interrupted export leaves nothing that looks finished.
+config -> the transformers model on the meta device -> the QAIC graph modules (architecture plugin) -> trace each
+graph (decoder layers as ONNX functions) -> write every weight once, straight from the checkpoint, into one file
+both graphs share -> check -> verify in onnxruntime (fp32 and fp16) against transformers -> compile (backend
+plugin). No step holds the model's weights in memory: tracing sees only shapes, and the weights move from the
+checkpoint to the data file one block at a time.
+
+Everything is built in a staging directory on the output's filesystem and swapped into place only when complete
+(``publish.py``), so a failed or interrupted export leaves nothing that looks finished.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -15,12 +19,14 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from ..settings import ExportSettings, UserError
 from . import publish
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
+PREFILL, DECODE = "prefill", "decode"
 
 
 def say(message: str) -> None:
@@ -35,69 +41,152 @@ def stage(name: str):
     say(f"[qaic] {name}: done in {time.perf_counter() - t0:.1f} s")
 
 
+def graph_file(export_dir: str, graph: str) -> str:
+    """Where a graph of an export lives (next to the weights file it shares)."""
+    return os.path.join(export_dir, f"{graph}.onnx")
+
+
+# -- the model -------------------------------------------------------------------------------------------------
+
+
 def read_model_type(model_dir: str) -> str:
-    with open(os.path.join(model_dir, "config.json")) as f:
-        model_type = json.load(f).get("model_type")
-    if not model_type:
-        raise UserError(f"{model_dir}/config.json has no model_type: is this a transformers checkpoint?")
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}): is this a transformers checkpoint?") from e
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or not model_type:
+        raise UserError(f"{path} has no model_type string: is this a transformers checkpoint?")
     return model_type
 
 
 def resolve_architecture(model_type: str):
-    from ..plugins import get_architectures, get_export_configs
+    from ..plugins import get_architectures
 
     architectures = get_architectures()
-    configs = get_export_configs()
-    if model_type not in architectures or model_type not in configs:
+    if model_type not in architectures:
         known = ", ".join(sorted(architectures))
         raise UserError(f"unsupported model_type {model_type!r}: supported are {known} "
                         "(a plugin can add more, see the README)")
-    return architectures[model_type], configs[model_type]
+    return architectures[model_type]
 
 
-def load_model(model_dir: str):
+def load_config(model_dir: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir)
+    except Exception as e:  # transformers raises ValueError, OSError, KeyError ... for a bad config
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not read the config of {model_dir}: {first}") from e
+
+
+def meta_model(config):
+    """The transformers model of ``config`` in float32 on the meta device: its modules and parameter names, no
+    weights."""
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    except Exception as e:  # transformers, safetensors and torch each raise their own types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not load a causal LM from {model_dir}: {first}") from e
+    config = copy.deepcopy(config)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # the checkpoint reader dequantizes; the modules stay float
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 
 
+class InMemoryWeights:
+    """Weights read through transformers' own loader into memory (one copy of the model). The reference source when
+    streaming straight from the checkpoint is not available for a checkpoint's layout."""
+
+    def __init__(self, model_dir: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        except Exception as e:  # transformers, safetensors and torch each raise their own types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not load a causal LM from {model_dir}: {first}") from e
+        self.tensors = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False)}
+
+    def read(self, name: str, rows=None):
+        t = self.tensors[name]
+        return (t if rows is None else t[rows]).float()
+
+    def check(self) -> None:
+        pass
+
+
+def weight_source(model_dir: str, model):
+    return InMemoryWeights(model_dir)
+
+
+# -- the graphs ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    seq_len: int
+    dispatch: "object"  # MoEDispatchConfig
+
+    @property
+    def decode(self) -> bool:
+        return self.name == DECODE
+
+
 def graph_plan(settings: ExportSettings):
-    """[(graph name, seq_len, MoE dispatch)] for the graphs this export writes."""
     from ..moe.block import MoEDispatchConfig
 
     plan = []
     for graph in settings.graphs:
-        if graph == "prefill":
+        if graph == PREFILL:
             dispatch = MoEDispatchConfig(settings.moe_prefill_dispatch, settings.num_cores,
                                          settings.moe_prefill_packed_chunk_size)
-            plan.append((graph, settings.prefill_seq_len, dispatch))
+            plan.append(GraphSpec(graph, settings.prefill_seq_len, dispatch))
         else:
-            plan.append((graph, 1, MoEDispatchConfig("gathered", settings.num_cores, 1)))
+            plan.append(GraphSpec(graph, 1, MoEDispatchConfig("gathered", settings.num_cores, 1)))
     return plan
 
 
-def export_graph(hf_model, arch, export_config, settings: ExportSettings, graph: str, seq_len: int, dispatch,
-                 graph_dir: str) -> None:
-    import torch
+def rope_positions(config, settings: ExportSettings) -> int:
+    return max(int(getattr(config, "max_position_embeddings", 0) or 0), max(settings.ctx_lens))
 
-    from .onnx_export import export_onnx
 
-    os.makedirs(graph_dir, exist_ok=True)
-    qaic_model = arch.qaic_model(hf_model, dispatch, settings.ctx_len).eval()
-    args = export_config.example_inputs(settings.batch_size, seq_len, qaic_model.cache_lengths)
-    with torch.no_grad():
-        export_onnx(qaic_model, args, os.path.join(graph_dir, "model.onnx"), list(export_config.inputs),
-                    list(export_config.outputs), opset=settings.opset,
-                    progress=lambda step: say(f"[qaic]   {graph}: {step}"))
-    export_config.write_specializations(os.path.join(graph_dir, "specializations.json"), settings.batch_size,
-                                        seq_len, settings.ctx_len)
-    export_config.write_custom_io(os.path.join(graph_dir, "custom_io.yaml"), settings.mxint8_kv_cache)
+def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec):
+    """Trace one graph on the meta device; returns (TracedGraph, own data of computed parameters, windows)."""
+    from .layers import move_data_off, trace
+
+    graph = arch.graph_module(model, spec.dispatch, rope_positions(model.config, settings))
+    own = move_data_off(graph)
+    export_config = arch.export_config(model.config, task=settings.task)
+    ctx = max(settings.ctx_lens)
+    lengths = arch.cache_lengths(model, ctx)
+    rings = [arch.layer_window(model, i) is not None for i in range(len(lengths))]
+    batch = max(2, settings.batch_size) if spec.decode else settings.batch_size  # decode: batch is symbolic
+    args = export_config.example_inputs(batch, spec.seq_len, lengths, device="meta")
+    traced = trace(graph, args, export_config.cache_dims(rings, spec.decode), settings.opset,
+                   progress=lambda step: say(f"[qaic]   {spec.name}: {step}"))
+    from .onnx_export import apply_io_names
+
+    apply_io_names(traced.model, export_config.input_names(), export_config.output_names())
+    return traced, own, rings
+
+
+def sliding_window(arch, model) -> int | None:
+    """The ring length of the sliding-window layers (None when every layer attends to the whole context)."""
+    windows = {arch.layer_window(model, i) for i in range(len(arch.decoder_layers(model)))} - {None}
+    if len(windows) > 1:
+        raise UserError(f"layers with different sliding windows {sorted(windows)} are not supported")
+    return windows.pop() if windows else None
+
+
+# -- side files ------------------------------------------------------------------------------------------------
 
 
 def package_versions() -> dict:
@@ -112,66 +201,51 @@ def package_versions() -> dict:
     return out
 
 
-def write_side_files(hf_model, model_dir: str, staging: str, settings: ExportSettings, export_config,
-                     cache_lengths) -> None:
-    hf_model.config.save_pretrained(staging)
-    if hf_model.generation_config is not None:
-        hf_model.generation_config.save_pretrained(staging)
+def write_model_files(config, model_dir: str, staging: str) -> None:
+    config.save_pretrained(staging)
+    try:
+        from transformers import GenerationConfig
+
+        GenerationConfig.from_pretrained(model_dir).save_pretrained(staging)
+    except OSError:
+        pass  # no generation_config.json in the checkpoint
     for name in TOKENIZER_FILES:
         if os.path.isfile(os.path.join(model_dir, name)):
             shutil.copy2(os.path.join(model_dir, name), staging)
-    cache_shapes = {}
-    for i, length in enumerate(cache_lengths):
-        shape = list(export_config.cache_shape(settings.batch_size, length))
-        cache_shapes[f"past_key.{i}"] = shape
-        cache_shapes[f"past_value.{i}"] = shape
+
+
+def write_qaic_config(staging: str, settings: ExportSettings, config, model_dir: str, window: int | None) -> None:
     meta = {
-        "model_type": hf_model.config.model_type,
+        "model_type": config.model_type,
         "graphs": list(settings.graphs),
         "settings": {k: v for k, v in settings.to_dict().items() if k not in ("output", "extra")},
+        "ctx_lens": settings.ctx_lens,
+        "sliding_window": window,
         "source_model": os.path.abspath(model_dir),
-        "cache_shapes": cache_shapes,
-        "pad_token_id": hf_model.config.pad_token_id,
+        "pad_token_id": config.pad_token_id,
         "versions": package_versions(),
     }
     meta["files"] = sorted(publish.export_files(staging) | {publish.CONFIG_NAME})  # what a re-export may replace
-    with open(os.path.join(staging, "qaic_config.json"), "w") as f:
+    with open(os.path.join(staging, publish.CONFIG_NAME), "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
+
+
+# -- the pipeline ----------------------------------------------------------------------------------------------
 
 
 def main_export(settings: ExportSettings) -> str:
     """Export (and verify, and compile when asked) one checkpoint. Returns the output directory."""
     settings.validate()
     model_type = read_model_type(settings.model)
-    arch, export_config_cls = resolve_architecture(model_type)
+    arch = resolve_architecture(model_type)
 
     from .. import compiler  # resolves the compile backend before the long work, so a demand fails fast
 
     backend = compiler.resolve_backend(settings)
     target = publish.prepare(settings.output or ".", settings.overwrite)
-    staging = target.staging
     try:
-        with stage(f"load {model_type} from {settings.model}"):
-            hf_model = load_model(settings.model)
-        export_config = export_config_cls(hf_model.config, task=settings.task)
-        cache_lengths = arch.cache_lengths(hf_model.config, settings.ctx_len)
-        for graph, seq_len, dispatch in graph_plan(settings):
-            with stage(f"export {graph} graph (seq_len {seq_len}, MoE {dispatch.dispatch}"
-                       + (f", {settings.num_cores} cores, chunk {settings.moe_prefill_packed_chunk_size})"
-                          if dispatch.dispatch == "blocked" else ")")):
-                export_graph(hf_model, arch, export_config, settings, graph, seq_len, dispatch,
-                             os.path.join(staging, graph))
-        commands = compiler.write_compile_files(staging, settings, backend)
-        write_side_files(hf_model, settings.model, staging, settings, export_config, cache_lengths)
-        if settings.verify:
-            from .verify import reference_run, verify_export
-
-            with stage("verify in onnxruntime against transformers"):
-                reference = reference_run(hf_model, settings)
-                del hf_model  # onnxruntime loads the graphs next: do not hold both in memory
-                gc.collect()
-                verify_export(staging, reference, say)
+        commands = _export_into(target.staging, settings, arch, backend)
         publish.publish(target, settings.overwrite)
     except OSError as e:  # disk full, permissions, ...: the user's environment, not a bug
         publish.discard(target)
@@ -184,3 +258,57 @@ def main_export(settings: ExportSettings) -> str:
     say(f"[qaic] wrote {output}")
     compiler.compile_export(output, settings, backend, commands, say=say)
     return output
+
+
+def _export_into(staging: str, settings: ExportSettings, arch, backend):
+    from .. import compiler
+    from ..tensors import WeightWriter
+    from .external_data import save_graph, write_weights
+    from .onnx_export import check_onnx
+
+    config = load_config(settings.model)
+    model = meta_model(config)
+    with stage(f"read the {config.model_type} checkpoint {settings.model}"):
+        source = weight_source(settings.model, model)
+        source.check()
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    window = sliding_window(arch, model)
+    plan = graph_plan(settings)
+    traced, own = [], {}
+    for spec in plan:
+        with stage(f"trace the {spec.name} graph ({describe(spec, settings)})"):
+            graph, graph_own, _ = trace_graph(arch, model, settings, spec)
+        traced.append(graph)
+        own.update(graph_own)
+    with stage("write the weights (once, shared by the graphs)"):
+        size = write_weights(staging, traced, WeightWriter(names, source.read, own))
+        say(f"[qaic]   {size / 2**20:.1f} MiB in weights.data")
+    export_config = arch.export_config(config, task=settings.task)
+    for spec, graph in zip(plan, traced):
+        path = graph_file(staging, spec.name)
+        save_graph(graph.model, path)
+        with stage(f"check the {spec.name} graph (onnx checker, custom-op functions, onnxruntime load)"):
+            check_onnx(path)
+        side = os.path.join(staging, spec.name)
+        os.makedirs(side, exist_ok=True)
+        export_config.write_specializations(os.path.join(side, "specializations.json"), settings.batch_size,
+                                            settings.ctx_lens, window, spec.decode)
+        export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
+    del traced, own
+    write_model_files(config, settings.model, staging)
+    commands = compiler.write_compile_files(staging, settings, backend)
+    write_qaic_config(staging, settings, config, settings.model, window)
+    if settings.verify:
+        from .verify import verify_export
+
+        with stage("verify in onnxruntime (fp32 and fp16) against transformers"):
+            verify_export(staging, model, source, settings, say)
+    return commands
+
+
+def describe(spec: GraphSpec, settings: ExportSettings) -> str:
+    d = spec.dispatch
+    text = f"seq_len {spec.seq_len}, MoE {d.dispatch}"
+    if d.dispatch == "blocked":
+        text += f", {d.num_cores} cores, chunk {d.chunk_size}"
+    return text

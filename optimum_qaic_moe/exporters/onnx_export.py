@@ -146,16 +146,36 @@ def _summarize(exc: BaseException, limit: int = 4000) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def _attach_qaic_functions(model) -> list[str]:
+def quiet_export(module, args: tuple, *, opset: int, dynamic_shapes=None, custom_translation_table=None,
+                 kwargs: dict | None = None, optimize: bool = False):
+    """``torch.onnx.export(..., dynamo=True)`` without its console noise; failures become ExportCheckError with the
+    exporter's own summary."""
+    import torch
+
+    with _quiet() as captured:
+        try:
+            return torch.onnx.export(module, tuple(args), kwargs=kwargs, dynamo=True, opset_version=opset,
+                                     dynamic_shapes=dynamic_shapes, custom_translation_table=custom_translation_table,
+                                     optimize=optimize, verbose=False, report=False)
+        except Exception as e:
+            out = captured.getvalue().strip()
+            raise ExportCheckError(
+                f"torch.onnx.export(dynamo=True) failed for {type(module).__name__}: {_summarize(e)}"
+                + (f"\nexporter output:\n{out}" if out else "")
+            ) from e
+
+
+def attach_functions(model) -> list[str]:
     """Attach the function bodies of the custom ops used in the (onnx_ir) model; return their names."""
     import onnx_ir as ir
 
     from optimum_qaic_moe.ops import FUNCTION_DOMAINS, onnx_functions
 
     used = set()
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain in FUNCTION_DOMAINS:
-            used.add((node.domain, node.op_type))
+    for graph in [model.graph] + [f.graph for f in model.functions.values()]:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if node.domain in FUNCTION_DOMAINS:
+                used.add((node.domain, node.op_type))
     if not used:
         return []
     opset = model.opset_imports.get("", None)
@@ -172,7 +192,7 @@ def _attach_qaic_functions(model) -> list[str]:
     return sorted(name for _, name in used)
 
 
-def _apply_io_names(model, input_names, output_names) -> None:
+def apply_io_names(model, input_names, output_names) -> None:
     """Give the graph inputs/outputs exactly the requested names.
 
     Done here rather than by the exporter: with ``optimize=False`` the exporter renames a graph *input*
@@ -294,34 +314,16 @@ def export_onnx(
     try:
         if progress:
             progress("trace and convert to ONNX")
-        with _quiet() as captured:
-            try:
-                program = torch.onnx.export(
-                    module,
-                    tuple(args),
-                    kwargs=kwargs,
-                    dynamo=True,
-                    opset_version=opset,
-                    dynamic_shapes=dynamic_shapes,
-                    custom_translation_table=translation_table(),
-                    optimize=optimize,
-                    verbose=False,
-                    report=False,
-                )
-            except Exception as e:
-                out = captured.getvalue().strip()
-                raise ExportCheckError(
-                    f"torch.onnx.export(dynamo=True) failed for {type(module).__name__}: {_summarize(e)}"
-                    + (f"\nexporter output:\n{out}" if out else "")
-                ) from e
+        program = quiet_export(module, args, kwargs=kwargs, opset=opset, dynamic_shapes=dynamic_shapes,
+                               custom_translation_table=translation_table(), optimize=optimize)
     finally:
         if was_training:
             module.train(True)
 
     model = program.model
-    _apply_io_names(model, input_names, output_names)
+    apply_io_names(model, input_names, output_names)
     _check_io_names(model, input_names, output_names)
-    _attach_qaic_functions(model)
+    attach_functions(model)
 
     if external_data is None:
         external_data = _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD

@@ -1,10 +1,11 @@
-"""The MoE block that replaces a transformers MoE module: routing + expert MLP from the architecture,
-dispatch from ``dispatch.py``."""
+"""The MoE block that replaces a transformers MoE module: routing + expert MLP (+ optional shared experts) from the
+architecture, dispatch from ``dispatch.py``."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -36,15 +37,19 @@ class MoEBlock(nn.Module):
 
     ``router``: module, x [T, H] -> (topk_idx [T, k] int64, topk_w [T, k]).
     ``experts``: module, (x [G, R, H], experts: slice | LongTensor[G]) -> [G, R, H]; holds the [E, ...] weights
-    (the transformers parameters themselves, not copies).
+    (views of the transformers parameters, not copies).
+    ``shared``: optional module x [T, H] -> [T, H] that every token runs (Qwen2-MoE's shared expert), scaled by
+    ``sigmoid(shared_gate(x))`` when a gate is given.
     """
 
-    def __init__(self, router: nn.Module, experts: nn.Module, num_experts: int, config: MoEDispatchConfig):
+    def __init__(self, router: nn.Module, experts: nn.Module, num_experts: int, config: MoEDispatchConfig,
+                 shared: Optional[nn.Module] = None, shared_gate: Optional[nn.Module] = None):
         super().__init__()
         self.router = router
         self.experts = experts
         self.num_experts = num_experts
         self.config = config
+        self.shared, self.shared_gate = shared, shared_gate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         B, S, H = hidden_states.shape
@@ -59,6 +64,9 @@ class MoEBlock(nn.Module):
             out = loop_moe_forward(x, topk_idx, topk_w, self.experts, self.num_experts)
         else:
             out = gathered_moe_forward(x, topk_idx, topk_w, self.experts)
+        if self.shared is not None:
+            shared = self.shared(x)  # [T, H]
+            out = out + (shared if self.shared_gate is None else torch.sigmoid(self.shared_gate(x)) * shared)
         return out.reshape(B, S, H)
 
     def _describe_once(self, num_tokens: int) -> None:

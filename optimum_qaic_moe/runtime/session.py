@@ -99,6 +99,20 @@ class QAICGraph:
         return result
 
 
+def cache_shapes(onnx_path: str, batch_size: int, ctx_len: int, window: Optional[int]) -> Dict[str, tuple]:
+    """The KV cache inputs' shapes of a graph, its symbolic dims bound for one batch size and context length."""
+    import onnx
+
+    bind = {"batch_size": batch_size, "ctx_len": ctx_len, "sliding_window": min(window or ctx_len, ctx_len)}
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    shapes = {}
+    for value in graph.input:
+        if value.name.startswith("past_"):
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else bind[d.dim_param] for d in dims)
+    return shapes
+
+
 class CausalLMRunner:
     """Holds the graphs of one export and the KV cache of one batch.
 
@@ -107,22 +121,33 @@ class CausalLMRunner:
     prefill graph (one valid token, the rest padding); without a prefill graph, prompts run token by token.
     """
 
-    def __init__(self, export_dir: str, device: str = "cpu", low_memory: bool = False):
+    def __init__(self, export_dir: str, device: str = "cpu", low_memory: bool = False, ctx_len: Optional[int] = None,
+                 graph_files: Optional[Dict[str, str]] = None):
         """``low_memory``: load a graph when first used and drop the other, without onnxruntime's graph
         optimizations, so about one copy of the weights is in memory (for a one-off check such as the export's
-        verification; generation switches graphs every call and wants them all loaded and optimized)."""
+        verification; generation switches graphs every call and wants them all loaded and optimized).
+        ``ctx_len``: which of the exported context lengths to run (default: the largest). ``graph_files``: other
+        ONNX files to run instead of the export's (the verification's fp16-emulating copies)."""
         with open(os.path.join(export_dir, "qaic_config.json")) as f:
             self.meta = json.load(f)
         if device not in ("cpu", "qaic"):
             raise UserError(f"unknown device {device!r}: use 'cpu' (onnxruntime) or 'qaic'")
         self.export_dir, self.device, self.low_memory = export_dir, device, low_memory
         self.graph_names = list(self.meta["graphs"])
+        self.graph_files = {g: os.path.join(export_dir, f"{g}.onnx") for g in self.graph_names}
+        self.graph_files.update(graph_files or {})
+        s = self.meta["settings"]
+        self.batch_size, self.prefill_seq_len = s["batch_size"], s["prefill_seq_len"]
+        ctx_lens = self.meta.get("ctx_lens") or [s["ctx_len"]]
+        if ctx_len is not None and ctx_len not in ctx_lens:
+            raise UserError(f"the export serves context lengths {ctx_lens}, not {ctx_len}")
+        self.ctx_len = ctx_len or max(ctx_lens)
+        self.cache_shapes = cache_shapes(self.graph_files[self.graph_names[0]], self.batch_size, self.ctx_len,
+                                         self.meta.get("sliding_window"))
         self._loaded = {}
         if not low_memory:
             for name in self.graph_names:
                 self._graph(name)
-        s = self.meta["settings"]
-        self.batch_size, self.prefill_seq_len, self.ctx_len = s["batch_size"], s["prefill_seq_len"], s["ctx_len"]
         self.pad_token_id = self.meta.get("pad_token_id") or 0
         self.cache: Dict[str, np.ndarray] = {}
 
@@ -130,13 +155,12 @@ class CausalLMRunner:
         if name not in self._loaded:
             if self.low_memory:
                 self._loaded.clear()
-            path = os.path.join(self.export_dir, name)
-            self._loaded[name] = (OrtGraph(os.path.join(path, "model.onnx"), optimize=not self.low_memory)
-                                  if self.device == "cpu" else QAICGraph(os.path.join(path, "qpc")))
+            self._loaded[name] = (OrtGraph(self.graph_files[name], optimize=not self.low_memory)
+                                  if self.device == "cpu" else QAICGraph(os.path.join(self.export_dir, name, "qpc")))
         return self._loaded[name]
 
     def reset(self) -> None:
-        self.cache = {name: np.zeros(shape, dtype=np.float32) for name, shape in self.meta["cache_shapes"].items()}
+        self.cache = {name: np.zeros(shape, dtype=np.float32) for name, shape in self.cache_shapes.items()}
 
     def _run(self, graph: str, input_ids: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
         if int(position_ids.max()) >= self.ctx_len:

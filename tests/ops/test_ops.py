@@ -403,7 +403,7 @@ def test_failed_export_leaves_nothing(tmp_path):
 
 def test_failed_check_leaves_nothing(tmp_path, monkeypatch):
     # Functions not attached -> the custom-node check must fail and nothing may be left behind.
-    monkeypatch.setattr(onnx_export, "_attach_qaic_functions", lambda model: [])
+    monkeypatch.setattr(onnx_export, "attach_functions", lambda model: [])
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportCheckError):
         export_onnx(OneOp(ops.ctx_gather_3d), _fixed_case("CtxGather3D", 0), out, ["data", "idx"], ["out"])

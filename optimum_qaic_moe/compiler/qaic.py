@@ -89,8 +89,9 @@ class QAICCompileBackend:
             if "=" not in arg:
                 continue
             path = os.path.join(output_dir, arg.split("=", 1)[1])
-            for p in (path, path + ".data"):
-                if os.path.isfile(p):
+            weights = os.path.join(os.path.dirname(path), "weights.data") if arg.startswith("-m=") else None
+            for p in (path, weights):
+                if p and os.path.isfile(p):
                     with open(p, "rb") as f:
                         for block in iter(lambda: f.read(1 << 24), b""):
                             h.update(block)

@@ -59,17 +59,17 @@ def test_compile_always_runs_the_exact_command_once_per_graph(tmp_path, tiny_dir
     assert proc.returncode == 0, proc.stderr
     recorded = calls(env["STANDIN_LOG"])
     assert [c["argv"][1:] for c in recorded][0][:-1] == [
-        "-aic-hw", "-aic-hw-version=ai100", "-m=prefill/model.onnx", "-retained-state", "-convert-to-fp16",
+        "-aic-hw", "-aic-hw-version=ai100", "-m=prefill.onnx", "-retained-state", "-convert-to-fp16",
         "-aic-num-cores=3", "-mxfp6-matmul", "-mos=2", "-aic-enable-depth-first",
         "-network-specialization-config=prefill/specializations.json",
         "-custom-IO-list-file=prefill/custom_io.yaml"]
     assert recorded[0]["argv"][-1].startswith("-aic-binary-dir=")  # compiled in the cache, then copied
     assert recorded[0]["cwd"] == str(out)
-    assert [c["argv"][3] for c in recorded] == ["-m=prefill/model.onnx", "-m=decode/model.onnx"]
+    assert [c["argv"][3] for c in recorded] == ["-m=prefill.onnx", "-m=decode.onnx"]
     for graph in ("prefill", "decode"):
         assert (out / graph / "qpc" / "programqpc.bin").read_bytes() == b"stand-in qpc"
     script = (out / "compile.sh").read_text()
-    assert f"{compiler} -aic-hw -aic-hw-version=ai100 -m=prefill/model.onnx" in script
+    assert f"{compiler} -aic-hw -aic-hw-version=ai100 -m=prefill.onnx" in script
     assert "-aic-binary-dir=prefill/qpc" in script
 
     # An identical second export compiles nothing: the cache answers.

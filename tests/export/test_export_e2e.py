@@ -28,47 +28,83 @@ def exported(request, exports, tiny_dirs):
 
 def test_layout_and_side_files(exported):
     arch, out, proc, hf = exported
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "qaic_config.json", "compile.sh"):
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "qaic_config.json", "compile.sh",
+                 "prefill.onnx", "decode.onnx", "weights.data"):
         assert os.path.isfile(os.path.join(out, name)), name
     meta = read_json(os.path.join(out, "qaic_config.json"))
     assert meta["model_type"] == arch
     assert meta["settings"]["num_cores"] == 4 and meta["settings"]["moe_prefill_packed_chunk_size"] == 5
     assert meta["versions"]["torch"] and meta["versions"]["transformers"]
-    for graph, seq_len in (("prefill", PREFILL), ("decode", 1)):
+    window = {"sliding_window": "8"} if arch == "gpt_oss" else {}  # the tiny GPT-OSS's window, below the context
+    for graph in ("prefill", "decode"):
         spec = read_json(os.path.join(out, graph, "specializations.json"))
-        assert spec == {"specializations": [{"batch_size": "1", "seq_len": str(seq_len), "ctx_len": str(CTX)}]}
+        batch = {"batch_size": "1"} if graph == "decode" else {}  # the prefill graph's batch is static
+        assert spec == {"specializations": [{**batch, "ctx_len": str(CTX), **window}]}
         custom_io = yaml.safe_load(open(os.path.join(out, graph, "custom_io.yaml")))
         names = [entry["IOName"] for entry in custom_io]
         layers = hf.config.num_hidden_layers
         expected = [f"past_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
         assert names == expected + [n + "_RetainedState" for n in expected]
         assert {entry["Precision"] for entry in custom_io} == {"float16"}
-    assert "[qaic] verify:" in proc.stderr and "[qaic] export prefill graph" in proc.stderr
+    assert "[qaic] verify:" in proc.stderr and "[qaic] trace the prefill graph" in proc.stderr
+    assert "[qaic] verify fp16 (as -convert-to-fp16 runs it): finite" in proc.stderr
 
 
 @pytest.mark.parametrize("graph", ["prefill", "decode"])
 def test_graph_passes_checker_and_keeps_custom_ops(exported, graph):
-    arch, out, _, _ = exported
-    path = os.path.join(out, graph, "model.onnx")
+    arch, out, _, hf = exported
+    path = os.path.join(out, f"{graph}.onnx")
     onnx.checker.check_model(path, full_check=True)
-    model = onnx.load(path)
-    used = {n.op_type for n in model.graph.node if n.domain == QAIC_DOMAIN}
-    functions = {f.name for f in model.functions if f.domain == QAIC_DOMAIN}
+    model = onnx.load(path, load_external_data=False)
+    layer_functions = [f for f in model.functions if f.domain == "optimum_qaic_moe.layers"]
+    calls = [n for n in model.graph.node if n.domain == "optimum_qaic_moe.layers"]
+    assert len(calls) == hf.config.num_hidden_layers  # one call per layer ...
+    assert {n.op_type for n in calls} == {f.name for f in layer_functions}  # ... of one function per kind
+    assert len(layer_functions) == (2 if arch == "gpt_oss" else 1)  # GPT-OSS: sliding and full layers
+    inner = [n for f in layer_functions for n in f.node]
+    used = {n.op_type for n in inner if n.domain == QAIC_DOMAIN}
     assert {"CtxScatter", "CtxGather"} <= used
     if graph == "prefill":
         assert {"CtxScatter3D", "CtxScatter3DInt", "CtxGather3D"} <= used  # the blocked MoE dispatch
-    assert used <= functions
-    assert QAIC_DOMAIN in {o.domain for o in model.opset_import}
+    assert used <= {f.name for f in model.functions if f.domain == QAIC_DOMAIN}
+    assert any(n.op_type == "CustomRMSNorm" and n.domain == "com.qti.aisw.onnx" for n in model.graph.node)
+    every = list(model.graph.node) + inner
+    assert not {"Sin", "Cos"} & {n.op_type for n in every}  # RoPE from tables, not angles computed in fp16
+    # weights live once, in weights.data, for both graphs
+    assert {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"} == {
+        "weights.data"}
     ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
+def test_no_float_constant_outside_fp16_range(exported):
+    """Converted to fp16 a constant beyond 65504 becomes inf (float32's lowest value as a mask floor did)."""
+    arch, out, _, _ = exported
+    from onnx import numpy_helper
+
+    for graph in ("prefill", "decode"):
+        model = onnx.load(os.path.join(out, f"{graph}.onnx"), load_external_data=False)
+        nodes = list(model.graph.node) + [n for f in model.functions for n in f.node]
+        values = [numpy_helper.to_array(t) for t in model.graph.initializer if not t.external_data]
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    values.append(numpy_helper.to_array(attr.t))
+                elif attr.type == onnx.AttributeProto.FLOAT:
+                    values.append(np.array(attr.f))
+        floats = [v for v in values if v.dtype.kind == "f" and v.size]
+        assert floats and max(float(np.abs(v).max()) for v in floats) <= 65504
+
+
 def _sessions(out):
-    return {g: ort.InferenceSession(os.path.join(out, g, "model.onnx"), providers=["CPUExecutionProvider"])
+    return {g: ort.InferenceSession(os.path.join(out, f"{g}.onnx"), providers=["CPUExecutionProvider"])
             for g in ("prefill", "decode")}
 
 
-def _empty_cache(session):
-    return {i.name: np.zeros(i.shape, dtype=np.float32) for i in session.get_inputs() if i.name.startswith("past_")}
+def _empty_cache(session, ctx=CTX, window=8):
+    """Zero caches for one context length: the graph's symbolic dims bound as specializations.json binds them."""
+    bind = {"batch_size": 1, "ctx_len": ctx, "sliding_window": min(window, ctx)}
+    return {i.name: np.zeros([bind.get(d, d) for d in i.shape], dtype=np.float32)
+            for i in session.get_inputs() if i.name.startswith("past_")}
 
 
 def _run(session, cache, ids, pos):
@@ -120,6 +156,7 @@ def test_single_graph_exports(tmp_path, tiny_dirs, flag, graphs):
                        "--num-cores", 3, "--moe-prefill-packed-chunk-size", 3, flag, out)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p for p in os.listdir(out) if os.path.isdir(out / p)) == graphs
+    assert sorted(p for p in os.listdir(out) if p.endswith(".onnx")) == [f"{g}.onnx" for g in graphs]
     assert read_json(out / "qaic_config.json")["graphs"] == graphs
     assert "[qaic] verify:" in proc.stderr  # verification runs on whichever graph exists
 

@@ -6,7 +6,6 @@ import torch
 
 from optimum_qaic_moe.architectures.gpt_oss import GptOssArchitecture
 from optimum_qaic_moe.architectures.qwen3_moe import Qwen3MoeArchitecture
-from optimum_qaic_moe.exporters.config import QAICCausalLMExportConfig
 from optimum_qaic_moe.moe.block import MoEDispatchConfig
 from optimum_qaic_moe.testing import tiny_model
 
@@ -25,8 +24,8 @@ VARIANTS = [
 
 def run_chunked(qaic, config, ids, prefill, decode_steps, hf):
     """Prefill in chunks of `prefill` (last padded with position -1), then greedy decode; compare each step."""
-    export_config = QAICCausalLMExportConfig(config)
-    _, _, past = export_config.example_inputs(1, 1, qaic.cache_lengths)
+    arch = ARCHS[config.model_type]
+    _, _, past = arch.export_config(config).example_inputs(1, 1, arch.cache_lengths(hf, 32))
     n = ids.shape[1]
     worst = 0.0
     for start in range(0, n, prefill):
@@ -51,7 +50,7 @@ def run_chunked(qaic, config, ids, prefill, decode_steps, hf):
 @pytest.mark.parametrize("arch, overrides", VARIANTS, ids=lambda v: str(v))
 def test_variant_matches_transformers(arch, overrides):
     hf = tiny_model(arch, **overrides)
-    qaic = ARCHS[arch].qaic_model(hf, MoEDispatchConfig("blocked", 4, 3), ctx_len=32).eval()
+    qaic = ARCHS[arch].graph_module(hf, MoEDispatchConfig("blocked", 4, 3), positions=32).eval()
     ids = torch.randint(4, hf.config.vocab_size, (1, 13), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert run_chunked(qaic, hf.config, ids, prefill=5, decode_steps=4, hf=hf) <= 1e-5

@@ -183,7 +183,7 @@ class CausalLMGraph(nn.Module):
 
     def with_layers(self, layers: List[nn.Module]) -> "CausalLMGraph":
         """The same graph over other layer modules (the export traces layers separately)."""
-        return CausalLMGraph(self.embed, self.rope, layers, self.norm, self.lm_head, self.layer_kinds)
+        return CausalLMGraph(self.embed, self.rope, layers, self.norm, self.lm_head, self.layer_kinds).eval()
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 past_key_values: List[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
@@ -311,8 +311,9 @@ class Architecture:
         hf_layers = self.decoder_layers(hf_model)
         layers = [self.decoder_layer(layer, config, i, dispatch) for i, layer in enumerate(hf_layers)]
         rope = RotaryTables(self.rotary_embedding(hf_model), config, positions, self.head_dim(config))
-        return CausalLMGraph(self.embed_tokens(hf_model).weight, rope, layers, self.norm(self.final_norm(hf_model)),
-                             linear(self.lm_head(hf_model)), [self.layer_kind(hf_model, i) for i in range(len(layers))])
+        graph = CausalLMGraph(self.embed_tokens(hf_model).weight, rope, layers, self.norm(self.final_norm(hf_model)),
+                              linear(self.lm_head(hf_model)), [self.layer_kind(hf_model, i) for i in range(len(layers))])
+        return graph.eval()
 
     def rewrite_moe(self, hf_model, dispatch: MoEDispatchConfig):
         """Replace the MoE blocks of a loaded transformers model in place (for eager use; export does not need

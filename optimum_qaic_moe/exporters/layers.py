@@ -126,7 +126,7 @@ def trace(graph, example_args, cache_dims: Sequence[Dict[int, str]], opset: int,
             progress(f"trace decoder layer {i} (kind {kind})")
         layer_args = (hidden, cos, sin, position_ids, past[2 * i], past[2 * i + 1])
         layer_dyn = (batch, batch, batch, batch, cache_dyn[2 * i], cache_dyn[2 * i + 1])
-        layer_program = _export(_OneLayer(layer), layer_args, layer_dyn, opset)
+        layer_program = _export(_OneLayer(layer).eval(), layer_args, layer_dyn, opset)
         functions[kind] = _to_function(layer_program.model, model, f"DecoderLayer_{kind}", _OneLayer(layer))
     _call_functions(model, graph, functions, params)
     attach_functions(model)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import sys
-from argparse import ArgumentParser
+from argparse import ArgumentParser, ArgumentTypeError
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+
+def _int_list(text: str):
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
 
 
 def parse_args_qaic(parser: ArgumentParser) -> None:
@@ -16,9 +23,9 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="Batch size of both graphs (default: 1).")
     parser.add_argument("--prefill-seq-len", type=int, default=128,
                         help="Tokens per prefill call; longer prompts run as successive chunks (default: 128).")
-    parser.add_argument("--ctx-len", type=int, nargs="+", default=[1024],
-                        help="KV cache length; several values give one graph with one compiler specialization each "
-                             "(default: 1024).")
+    parser.add_argument("--ctx-len", type=_int_list, default=[1024],
+                        help="KV cache length; several comma-separated values (4096,8192) give one graph with one "
+                             "compiler specialization each (default: 1024).")
     parser.add_argument("--num-cores", type=int, default=16,
                         help="NSP cores: experts are dealt to this many cores in the blocked prefill, and the "
                              "compiler uses this many (default: 16). Any value >= 1 works.")

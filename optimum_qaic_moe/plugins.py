@@ -27,13 +27,21 @@ DISABLE_ENV = "OPTIMUM_QAIC_MOE_DISABLE_PLUGINS"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-# Modules that implement the built-in hooks. Registered directly, never also as entry points:
-# pluggy refuses to register the same plugin twice.
-BUILTIN_PLUGINS = (
-    "optimum_qaic_moe.architectures.qwen3_moe",
-    "optimum_qaic_moe.architectures.gpt_oss",
-    "optimum_qaic_moe.compiler.qaic",
-)
+# Modules that implement the built-in hooks: every architecture module (one per model family: adding one needs
+# no edit here) and the qaic-compile backend. Registered directly, never also as entry points: pluggy refuses to
+# register the same plugin twice.
+ARCHITECTURES_PACKAGE = "optimum_qaic_moe.architectures"
+NOT_ARCHITECTURES = ("base", "export_config")
+
+
+def builtin_plugins() -> tuple:
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(ARCHITECTURES_PACKAGE)
+    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                     if not m.name.startswith("_") and m.name not in NOT_ARCHITECTURES)
+    return tuple(f"{ARCHITECTURES_PACKAGE}.{m}" for m in modules) + ("optimum_qaic_moe.compiler.qaic",)
 
 
 class Hookspecs:
@@ -63,7 +71,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(Hookspecs)
-        for name in BUILTIN_PLUGINS:
+        for name in builtin_plugins():
             pm.register(importlib.import_module(name), name=name)
         if os.environ.get(DISABLE_ENV, "").lower() not in ("1", "true", "yes"):
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)

@@ -1,4 +1,4 @@
-"""Tiny random Qwen3-MoE and GPT-OSS checkpoints, written offline in seconds.
+"""Tiny random checkpoints of every registered architecture (its ``tiny_config``), written offline in seconds.
 
 Used by the tests, the examples and the README quickstart (the model hub is not needed):
 
@@ -19,23 +19,6 @@ WORDS = (
 ).split()
 SPECIALS = ("<unk>", "<pad>", "<s>", "</s>")
 
-# Small enough to export in seconds; shaped so the interesting cases happen: the expert count (6) is not a
-# multiple of the usual test core counts, GPT-OSS has a sliding window (8) shorter than any useful context.
-TINY_CONFIGS = {
-    "qwen3_moe": dict(
-        hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=6, num_experts_per_tok=2,
-        norm_topk_prob=True, decoder_sparse_step=1, max_position_embeddings=512, tie_word_embeddings=False,
-        initializer_range=0.1, rms_norm_eps=1e-6,
-    ),
-    "gpt_oss": dict(
-        hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, num_local_experts=6, num_experts_per_tok=2, sliding_window=8, max_position_embeddings=131072,
-        tie_word_embeddings=False, initializer_range=0.1, rms_norm_eps=1e-5,
-    ),
-}
-
-
 def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -47,12 +30,20 @@ def build_tokenizer():
                                    eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
 
 
+def tiny_configs() -> dict:
+    """{model_type: config kwargs of a tiny model} of every registered architecture that declares one."""
+    from .plugins import get_architectures
+
+    return {t: dict(a.tiny_config) for t, a in sorted(get_architectures().items()) if getattr(a, "tiny_config", None)}
+
+
 def tiny_config(model_type: str, **overrides):
     from transformers import AutoConfig
 
-    if model_type not in TINY_CONFIGS:
-        raise ValueError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_CONFIGS)}")
-    kwargs = dict(TINY_CONFIGS[model_type])
+    configs = tiny_configs()
+    if model_type not in configs:
+        raise ValueError(f"no tiny config for {model_type!r}; known: {', '.join(configs)}")
+    kwargs = configs[model_type]
     kwargs.update(vocab_size=len(SPECIALS) + len(WORDS), pad_token_id=1, bos_token_id=2, eos_token_id=3)
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
@@ -66,13 +57,12 @@ def tiny_model(model_type: str, seed: int = 0, **overrides):
     config = tiny_config(model_type, **overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if model_type == "gpt_oss":
-        # transformers leaves some GPT-OSS parameters (biases, sinks) at small or zero values; random ones
-        # exercise every term of the math.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith(("bias", "sinks")):
-                    p.normal_(0.0, 0.1)
+    # transformers initialises biases and attention sinks to zero or small values; random ones exercise every term
+    # of the math.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "sinks")):
+                p.normal_(0.0, 0.1)
     return model.eval()
 
 
@@ -87,7 +77,7 @@ def write_tiny_checkpoint(model_type: str, path: str, seed: int = 0, **overrides
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="qaic-moe-tiny", description="Write a tiny random MoE checkpoint.")
-    parser.add_argument("model_type", choices=sorted(TINY_CONFIGS))
+    parser.add_argument("model_type", choices=sorted(tiny_configs()))
     parser.add_argument("path")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

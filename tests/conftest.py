@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from optimum_qaic_moe.testing import write_tiny_checkpoint
+from optimum_qaic_moe.testing import tiny_configs, write_tiny_checkpoint
 
-ARCHS = ("qwen3_moe", "gpt_oss")
+ARCHS = tuple(tiny_configs())  # every registered architecture with a tiny config
 BIN = os.path.dirname(sys.executable)
 
 

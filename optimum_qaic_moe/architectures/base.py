@@ -211,8 +211,12 @@ class Architecture:
     differently (e.g. Mixtral's MoE is ``block_sparse_moe`` on transformers 4.x)."""
 
     model_type: str = ""
-    # Hidden layers carry this many tokens' cos/sin; at least the context.
     export_config_class = QAICCausalLMExportConfig
+    # Config kwargs of a tiny random model (tests, examples, `qaic-moe-tiny`): small enough to export in seconds,
+    # shaped so the interesting cases happen (experts not a multiple of the usual core counts, ...).
+    tiny_config: dict = {}
+    # transformers' decoder layer unpacks (hidden, router_scores) from the MoE module (GPT-OSS does)
+    moe_returns_router_scores: bool = False
 
     # accessors: where the parts of a transformers model are
     def decoder_layers(self, hf_model) -> List[nn.Module]:
@@ -323,9 +327,6 @@ class Architecture:
             if block is not None:
                 self.set_mlp(layer, _TransformersMoEInterface(block, self.moe_returns_router_scores))
         return hf_model
-
-    # transformers' decoder layer unpacks (hidden, router_scores) from the MoE module (GPT-OSS does)
-    moe_returns_router_scores: bool = False
 
     def set_mlp(self, hf_layer, module: nn.Module) -> None:
         hf_layer.mlp = module

@@ -56,6 +56,10 @@ def _odd(t):
 class GptOssArchitecture(Architecture):
     model_type = "gpt_oss"
     moe_returns_router_scores = True
+    tiny_config = dict(  # a sliding window (8) shorter than any useful context: ring caches
+        hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, num_local_experts=6, num_experts_per_tok=2, sliding_window=8, max_position_embeddings=131072,
+        tie_word_embeddings=False, initializer_range=0.1, rms_norm_eps=1e-5)
 
     def moe_block(self, hf_mlp, config, dispatch: MoEDispatchConfig) -> Optional[MoEBlock]:
         e = hf_mlp.experts

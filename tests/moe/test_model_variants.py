@@ -4,12 +4,11 @@ traces): chunked prefill with a padded last chunk, then decode steps, against tr
 import pytest
 import torch
 
-from optimum_qaic_moe.architectures.gpt_oss import GptOssArchitecture
-from optimum_qaic_moe.architectures.qwen3_moe import Qwen3MoeArchitecture
 from optimum_qaic_moe.moe.block import MoEDispatchConfig
-from optimum_qaic_moe.testing import tiny_model
+from optimum_qaic_moe.plugins import get_architectures
+from optimum_qaic_moe.testing import tiny_configs, tiny_model
 
-ARCHS = {"qwen3_moe": Qwen3MoeArchitecture(), "gpt_oss": GptOssArchitecture()}
+ARCHS = {t: a for t, a in get_architectures().items() if t in tiny_configs()}
 VARIANTS = [
     ("qwen3_moe", {}),
     ("qwen3_moe", {"norm_topk_prob": False}),

@@ -9,14 +9,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from optimum_qaic_moe.architectures.gpt_oss import GptOssArchitecture
-from optimum_qaic_moe.architectures.qwen3_moe import Qwen3MoeArchitecture
 from optimum_qaic_moe.exporters.onnx_export import export_onnx
 from optimum_qaic_moe.moe.block import MoEDispatchConfig
-from optimum_qaic_moe.testing import tiny_model
+from optimum_qaic_moe.plugins import get_architectures
+from optimum_qaic_moe.testing import tiny_configs, tiny_model
 
 E = 6  # experts in the tiny models
-ARCHS = {"qwen3_moe": Qwen3MoeArchitecture(), "gpt_oss": GptOssArchitecture()}
+ARCHS = {t: a for t, a in get_architectures().items() if t in tiny_configs()}
 CORES = [1, 2, 3, 4, E, E + 1]
 SEQ_LENS = [1, 5, 64]
 BATCHES = [1, 2]
@@ -31,7 +30,7 @@ def chunk_sizes(T):
 def block(request):
     arch = ARCHS[request.param]
     model = tiny_model(request.param)
-    return arch, model, model.model.layers[0].mlp
+    return arch, model, arch.mlp_of(arch.decoder_layers(model)[0])
 
 
 def reference(hf_block, x):
@@ -122,5 +121,5 @@ def test_rewrite_moe_replaces_blocks_in_a_loaded_model(block):
         ref = model(ids).logits
         rewritten = arch.rewrite_moe(model, MoEDispatchConfig("blocked", 4, 3))
         out = rewritten(ids).logits
-    assert "MoEBlock" in {type(m).__name__ for m in rewritten.model.layers[0].modules()}
+    assert "MoEBlock" in {type(m).__name__ for m in arch.decoder_layers(rewritten)[0].modules()}
     assert rel_err(out, ref) <= TOL

@@ -97,6 +97,9 @@ class _Shard:
         if count == 0:
             return torch.empty(out_shape, dtype=dtype)
         offset = stored.begin + rows.start * row_elems * dtype.itemsize
+        if offset % dtype.itemsize:  # the safetensors library aligns every tensor; other writers may not
+            raw = torch.frombuffer(self._map, dtype=torch.uint8, count=count * dtype.itemsize, offset=offset)
+            return raw.clone().view(dtype).view(out_shape)
         return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset).view(out_shape)
 
 

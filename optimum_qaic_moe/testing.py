@@ -339,7 +339,7 @@ def main(argv=None) -> None:
                              "experts (qwen3_moe)")
     args = parser.parse_args(argv)
     if args.format == "fused" and args.model_type != "qwen3_moe":
-        parser.error("--format fused is transformers 5's Qwen3-MoE layout: use it with qwen3_moe")
+        parser.exit(2, "error: --format fused is transformers 5's Qwen3-MoE layout: use it with qwen3_moe\n")
     write_checkpoint(args.model_type, args.path, format=args.format, seed=args.seed)
     print(f"wrote a tiny {args.model_type} checkpoint ({args.format}) to {args.path}")
 

@@ -120,3 +120,21 @@ def test_directory_without_safetensors_is_one_clear_error(tmp_path):
                                         "model.safetensors.index.json") as err:
         SafetensorsCheckpoint(str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_tensor_at_a_misaligned_offset_reads_exactly(tmp_path):
+    """The safetensors library aligns every tensor to its dtype; a file from another writer may not (a float32
+    tensor right after 3 bf16 values): it is read exactly, into aligned memory."""
+    import struct
+
+    a, b = torch.randn(3).to(torch.bfloat16), torch.randn(5, 7)
+    header = json.dumps({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
+                         "b": {"dtype": "F32", "shape": [5, 7], "data_offsets": [6, 146]}}).encode()
+    header += b" " * (-len(header) % 8)
+    data = a.view(torch.uint8).numpy().tobytes() + b.numpy().tobytes()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data)
+    ckpt = SafetensorsCheckpoint(str(tmp_path))
+    assert_bitwise_equal(ckpt.read("b"), b)
+    assert ckpt.read("b").data_ptr() % 4 == 0
+    assert_bitwise_equal(ckpt.read("b", slice(3, 5)), b[3:5])
+    assert_bitwise_equal(ckpt.read("a"), a)

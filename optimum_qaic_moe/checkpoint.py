@@ -77,8 +77,12 @@ class _Shard:
         data_start = 8 + header_len
         self.tensors: dict[str, _Stored] = {}
         for name, info in header.items():
-            begin, end = (data_start + o for o in info["data_offsets"])
-            stored = _Stored(self, info["dtype"], tuple(info["shape"]), begin, end)
+            try:
+                begin, end = (data_start + int(o) for o in info["data_offsets"])
+                stored = _Stored(self, info["dtype"], tuple(int(d) for d in info["shape"]), begin, end)
+            except (KeyError, TypeError, ValueError) as e:
+                raise UserError(f"{path} has a malformed header entry for {name} ({e!r}): re-download or re-save "
+                                "it") from e
             itemsize = STORED_DTYPES[stored.dtype].itemsize if stored.dtype in STORED_DTYPES else None
             if end > size or (itemsize and end - begin != _numel(stored.shape) * itemsize):
                 raise UserError(f"{path} is truncated or corrupt at tensor {name}: re-download or re-save it")
@@ -212,6 +216,10 @@ class SafetensorsCheckpoint:
         self._mxfp4 = _pair_mxfp4(stored)
         paired = {p.blocks for p in self._mxfp4.values()} | {p.scales for p in self._mxfp4.values()}
         self._plain = {n: s for n, s in stored.items() if s not in paired}
+        both = sorted(set(self._plain) & set(self._mxfp4))
+        if both:
+            raise UserError(f"{model_dir} holds {both[0]} twice, plain and as MXFP4 {both[0]}_blocks/_scales: keep "
+                            "one of them")
 
     def names(self) -> list[str]:
         return sorted([*self._plain, *self._mxfp4])
@@ -238,13 +246,11 @@ class SafetensorsCheckpoint:
         """float32, only rows ``rows`` of dim 0 (e.g. one expert); bf16/fp16 converted, MXFP4 dequantized; a
         zero-copy view of the mapped file when the stored dtype is already float32 (writes to it stay private to
         this process: the file is mapped copy-on-write)."""
-        tensor = self._tensor(name)
-        if isinstance(tensor, _Mxfp4):
-            return tensor.read(_rows(rows, tensor.shape[0]))
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise UserError(f"{self.model_dir}: {name} is stored as {tensor.dtype}, not as a float: this reader "
-                            "takes F32, BF16, F16, F64 and MXFP4 (_blocks + _scales) tensors")
-        return self.stored(name, rows).to(torch.float32)
+        dtype = self.stored_dtype(name)
+        if dtype not in FLOAT_DTYPES and dtype != "MXFP4":
+            raise UserError(f"{self.model_dir}: {name} is stored as {dtype}, not as a float: this reader takes F32, "
+                            "BF16, F16, F64 and MXFP4 (_blocks + _scales) tensors")
+        return self.stored(name, rows).to(torch.float32)  # no copy when already float32
 
     def _tensor(self, name: str):
         if name in self._plain:
@@ -314,9 +320,19 @@ class _Stacked:
         return [n for expert in self.parts for n in expert if n not in self.absent]
 
     def shape(self, ckpt: SafetensorsCheckpoint):
-        whole = next(e for e in self.parts if not set(e) & set(self.absent))
-        first = [ckpt.shape(n) for n in whole]
+        first = self._part_shapes(ckpt)
         return (len(self.parts), sum(s[0] for s in first), *first[0][1:])
+
+    def odd_parts(self, ckpt: SafetensorsCheckpoint) -> list[str]:
+        """The stored parts shaped unlike the same part of the first complete expert."""
+        want = self._part_shapes(ckpt)
+        return [f"{n} is {_dims(ckpt.shape(n))} in the checkpoint, {_dims(want[k])} like expert 0's"
+                for expert in self.parts for k, n in enumerate(expert)
+                if n not in self.absent and ckpt.shape(n) != want[k]]
+
+    def _part_shapes(self, ckpt: SafetensorsCheckpoint) -> list[tuple[int, ...]]:
+        whole = next(e for e in self.parts if not set(e) & set(self.absent))
+        return [ckpt.shape(n) for n in whole]
 
     def read(self, ckpt: SafetensorsCheckpoint, rows: slice | None):
         if self.absent:
@@ -413,6 +429,8 @@ class HFWeights:
         mismatched = [f"{n} is {_dims(s.shape(self.checkpoint))} in the checkpoint, {_dims(self._shapes[n])} in the "
                       "model" for n, s in self._sources.items() if tuple(s.shape(self.checkpoint)) != self._shapes[n]]
         mismatched += self._fused_mismatches()
+        mismatched += [odd for s in self._sources.values() if isinstance(s, _Stacked) for odd in s.odd_parts(
+            self.checkpoint)]
         consumed = {i for s in self._sources.values() for i in s.inputs()}
         consumed |= {a for a in self._tied if a in self.checkpoint}  # transformers loads a tied alias as its target
         unexpected = [n for n in self.checkpoint.names()

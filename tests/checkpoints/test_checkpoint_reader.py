@@ -138,3 +138,12 @@ def test_tensor_at_a_misaligned_offset_reads_exactly(tmp_path):
     assert ckpt.read("b").data_ptr() % 4 == 0
     assert_bitwise_equal(ckpt.read("b", slice(3, 5)), b[3:5])
     assert_bitwise_equal(ckpt.read("a"), a)
+
+
+def test_malformed_header_is_one_clear_error(tmp_path):
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2]}}).encode()  # no data_offsets
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(UserError, match=r"model.safetensors has a malformed header entry for w \(KeyError"):
+        SafetensorsCheckpoint(str(tmp_path))

@@ -194,6 +194,15 @@ def test_check_refuses_a_wrong_shape(checkpoints, tmp_path):
             "model)") in refusal(edited(checkpoints, tmp_path, cut))
 
 
+def test_check_refuses_one_expert_of_another_shape(checkpoints, tmp_path):
+    def cut(t):
+        t["model.layers.2.mlp.experts.9.down_proj.weight"] = t["model.layers.2.mlp.experts.9.down_proj.weight"][:, :4]
+
+    message = refusal(edited(checkpoints, tmp_path, cut))
+    assert "1 shape mismatch (model.layers.2.mlp.experts.9.down_proj.weight is 32x4 in the checkpoint, " in message
+    assert ("32x8 like expert 0's)" if TRANSFORMERS_5 else "32x8 in the model)") in message
+
+
 def test_check_refuses_a_fused_tensor_with_other_experts(tmp_path):
     """A fused checkpoint with more experts than the config: on 4.57 the slices of the model's experts would read
     fine, so the fused tensor's own shape must be checked."""

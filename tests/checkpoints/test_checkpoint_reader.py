@@ -147,3 +147,18 @@ def test_malformed_header_is_one_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     with pytest.raises(UserError, match=r"model.safetensors has a malformed header entry for w \(KeyError"):
         SafetensorsCheckpoint(str(tmp_path))
+
+
+def test_hub_cache_snapshot_of_symlinks_reads_like_the_files(checkpoints, tmp_path):
+    """A download leaves snapshots/<commit>/<file> as symlinks into blobs/: the reader follows them."""
+    src = Path(checkpoints["gpt_oss-hub"])
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "0123abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for i, f in enumerate(sorted(src.iterdir())):
+        (blobs / f"blob{i}").write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(os.path.relpath(blobs / f"blob{i}", snapshot))
+    linked, direct = SafetensorsCheckpoint(str(snapshot)), SafetensorsCheckpoint(str(src))
+    assert linked.names() == direct.names()
+    for name in direct.names():
+        assert_bitwise_equal(linked.read(name), direct.read(name), name)

@@ -121,9 +121,9 @@ def measure(mode: str, path: str) -> None:
     import threading
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from optimum_qaic_moe.checkpoint import HFWeights, SafetensorsCheckpoint, check_config, meta_model
+    from optimum_qaic_moe.checkpoint import open_checkpoint
 
     before = status()  # the interpreter with torch and transformers imported
     setup = before
@@ -137,10 +137,8 @@ def measure(mode: str, path: str) -> None:
         for p in model.parameters():
             total, elements = total + checksum(p), elements + p.numel()
     else:
-        config = AutoConfig.from_pretrained(path)
-        check_config(path, config)
-        weights = HFWeights(SafetensorsCheckpoint(path), meta_model(config))
-        weights.check()
+        weights = open_checkpoint(path)
+        config = weights.config
         setup = status()  # + config, meta model, file headers: what the reads start from
         expert_bytes = 4 * 3 * config.moe_intermediate_size * config.hidden_size // 2  # gate_up or down of one expert
         for name in weights.names():

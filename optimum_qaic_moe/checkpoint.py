@@ -11,10 +11,7 @@
 - ``check_config`` refuses a config.json that the installed transformers would silently read differently from
   what it says (a field renamed between transformers versions).
 
-    config = AutoConfig.from_pretrained(model_dir)
-    check_config(model_dir, config)
-    weights = HFWeights(SafetensorsCheckpoint(model_dir), meta_model(config))
-    weights.check()
+    weights = open_checkpoint(model_dir)  # check_config, meta model, HFWeights, check()
     w = weights.read("model.layers.0.mlp.experts.gate_up_proj", rows=slice(3, 4))  # expert 3 only
 """
 
@@ -384,6 +381,7 @@ class HFWeights:
 
     def __init__(self, checkpoint: SafetensorsCheckpoint, meta_model):
         self.checkpoint = checkpoint
+        self.config = meta_model.config
         self.model_class = type(meta_model).__name__
         layout = EXPERT_LAYOUTS.get(getattr(meta_model.config, "model_type", None), ExpertLayout({}))
         state = meta_model.state_dict(keep_vars=True)
@@ -507,6 +505,20 @@ def _count(items: list[str], noun: str, plural: str | None = None) -> str:
         return ""
     shown = "; ".join(items[:3]) + ("; ..." if len(items) > 3 else "")
     return f"{len(items)} {noun if len(items) == 1 else plural or noun + 's'} ({shown})"
+
+
+def open_checkpoint(model_dir: str, config=None) -> HFWeights:
+    """The weights of the checkpoint in ``model_dir`` for the installed transformers' model, checked: config.json
+    (``check_config``) and the tensors (``HFWeights.check``) refuse with one line what transformers would load
+    wrongly. ``config`` defaults to ``AutoConfig.from_pretrained(model_dir)``."""
+    if config is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir)
+    check_config(model_dir, config)
+    weights = HFWeights(SafetensorsCheckpoint(model_dir), meta_model(config))
+    weights.check()
+    return weights
 
 
 def _dims(shape) -> str:

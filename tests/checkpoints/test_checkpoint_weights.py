@@ -9,17 +9,9 @@ import torch
 from checkpoint_helpers import FORMATS, TRANSFORMERS_5, assert_bitwise_equal, edited_copy, load_tensors
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from optimum_qaic_moe.checkpoint import HFWeights, SafetensorsCheckpoint, check_config, meta_model
+from optimum_qaic_moe.checkpoint import HFWeights, SafetensorsCheckpoint, meta_model, open_checkpoint
 from optimum_qaic_moe.settings import UserError
 from optimum_qaic_moe.testing import fused_tensors, saved_tensors, tiny_model, write_fused_checkpoint
-
-
-def open_weights(path: str) -> HFWeights:
-    config = AutoConfig.from_pretrained(path)
-    check_config(path, config)
-    weights = HFWeights(SafetensorsCheckpoint(path), meta_model(config))
-    weights.check()
-    return weights
 
 
 def loaded_state(path: str) -> dict:
@@ -33,7 +25,7 @@ LOADABLE = [k for k in FORMATS if TRANSFORMERS_5 or not k.endswith("fused")]
 
 @pytest.mark.parametrize("key", LOADABLE)
 def test_every_parameter_equals_what_transformers_loads(checkpoints, key):
-    weights = open_weights(checkpoints[key])
+    weights = open_checkpoint(checkpoints[key])
     want = loaded_state(checkpoints[key])
     assert sorted(weights.names()) == sorted(want)
     for name in weights.names():
@@ -47,7 +39,7 @@ def test_row_slices_equal_slices_of_the_full_read(checkpoints, key):
     path = checkpoints[key]
     if key.endswith("fused") and not TRANSFORMERS_5:
         path = config_readable_by_457(path)
-    weights = open_weights(path)
+    weights = open_checkpoint(path)
     for name in weights.names():
         full = weights.read(name)
         n = full.shape[0]
@@ -56,7 +48,7 @@ def test_row_slices_equal_slices_of_the_full_read(checkpoints, key):
 
 
 def test_hub_qwen3_moe_has_the_hub_models_knobs(checkpoints):
-    weights = open_weights(checkpoints["qwen3_moe-hub"])
+    weights = open_checkpoint(checkpoints["qwen3_moe-hub"])
     layer0 = "model.layers.0.mlp.experts." + ("gate_up_proj" if TRANSFORMERS_5 else "127.up_proj.weight")
     assert weights.shape(layer0)[0] == (128 if TRANSFORMERS_5 else 8)  # 128 experts
     assert weights.shape("model.layers.0.self_attn.k_proj.weight") == (8, 32)  # one KV head of 8
@@ -66,7 +58,7 @@ def test_hub_qwen3_moe_has_the_hub_models_knobs(checkpoints):
 def test_tied_embeddings_read_the_embedding(checkpoints):
     path = checkpoints["qwen3_moe-hub-tied"]
     assert "lm_head.weight" not in SafetensorsCheckpoint(path).names()
-    weights = open_weights(path)
+    weights = open_checkpoint(path)
     assert weights.tied_to("lm_head.weight") == "model.embed_tokens.weight"
     assert_bitwise_equal(weights.read("lm_head.weight"), weights.read("model.embed_tokens.weight"))
 
@@ -91,7 +83,7 @@ def test_fused_checkpoint_reads_as_the_model_that_was_saved(checkpoints):
     path = checkpoints["qwen3_moe-fused"]
     if not TRANSFORMERS_5:
         path = config_readable_by_457(path)
-    weights = open_weights(path)
+    weights = open_checkpoint(path)
     want = tiny_model("qwen3_moe", rope_theta=1e6).state_dict()
     assert sorted(weights.names()) == sorted(want)
     for name in weights.names():
@@ -140,7 +132,7 @@ def test_other_moe_layouts_read_as_the_saved_model(tmp_path, model_type, layout)
         tensors = fused_tensors(model_type, tensors)
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text(json.dumps(config))
-    weights = open_weights(str(tmp_path))
+    weights = open_checkpoint(str(tmp_path))
     want = model.state_dict()
     assert sorted(weights.names()) == sorted(want)
     for name in weights.names():

@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 
-SHAPE = dict(hidden_size=1024, moe_intermediate_size=512, num_experts_per_tok=8, intermediate_size=3072,
-             num_attention_heads=16, num_key_value_heads=4, head_dim=64, vocab_size=65536, norm_topk_prob=True,
-             tie_word_embeddings=False, rope_theta=1e6)
+SHAPE = {"hidden_size": 1024, "moe_intermediate_size": 512, "num_experts_per_tok": 8, "intermediate_size": 3072,
+         "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 65536,
+         "norm_topk_prob": True, "tie_word_embeddings": False, "rope_theta": 1e6}
 
 
 def hub_tensors(layers: int, experts: int) -> dict:

@@ -83,47 +83,16 @@ def load_config(model_dir: str):
         raise UserError(f"could not read the config of {model_dir}: {first}") from e
 
 
-def meta_model(config):
-    """The transformers model of ``config`` in float32 on the meta device: its modules and parameter names, no
-    weights."""
-    import copy
+def open_weights(model_dir: str, config):
+    """The transformers model of ``config`` on the meta device, and its weights read straight from the checkpoint
+    (any layout the Hub or either transformers line writes; MXFP4 and bf16 to float32), checked first."""
+    from ..checkpoint import HFWeights, SafetensorsCheckpoint, check_config, meta_model
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(config)
-    if getattr(config, "quantization_config", None) is not None:
-        del config.quantization_config  # the checkpoint reader dequantizes; the modules stay float
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    return model.eval()
-
-
-class InMemoryWeights:
-    """Weights read through transformers' own loader into memory (one copy of the model). The reference source when
-    streaming straight from the checkpoint is not available for a checkpoint's layout."""
-
-    def __init__(self, model_dir: str):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        except Exception as e:  # transformers, safetensors and torch each raise their own types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"could not load a causal LM from {model_dir}: {first}") from e
-        self.tensors = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False)}
-
-    def read(self, name: str, rows=None):
-        t = self.tensors[name]
-        return (t if rows is None else t[rows]).float()
-
-    def check(self) -> None:
-        pass
-
-
-def weight_source(model_dir: str, model):
-    return InMemoryWeights(model_dir)
+    check_config(model_dir, config)
+    model = meta_model(config).eval()
+    weights = HFWeights(SafetensorsCheckpoint(model_dir), model)
+    weights.check()
+    return model, weights
 
 
 # -- the graphs ------------------------------------------------------------------------------------------------
@@ -267,10 +236,8 @@ def _export_into(staging: str, settings: ExportSettings, arch, backend):
     from .onnx_export import check_onnx
 
     config = load_config(settings.model)
-    model = meta_model(config)
-    with stage(f"read the {config.model_type} checkpoint {settings.model}"):
-        source = weight_source(settings.model, model)
-        source.check()
+    with stage(f"check the {config.model_type} checkpoint {settings.model}"):
+        model, source = open_weights(settings.model, config)
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     window = sliding_window(arch, model)
     plan = graph_plan(settings)

@@ -94,9 +94,13 @@ def compile_export(output_dir: str, settings: ExportSettings, resolved: Resolved
         why = "--compile never" if settings.compile == "never" else "no QAIC compiler found"
         say(f"[qaic] not compiled ({why}); to compile later run: {later}")
         return
+    graph = None
     try:
         for graph, argv in commands:
             backend.compile(output_dir, graph, argv, say=say)
+    except OSError as e:  # a full disk, a vanished directory: the export itself is complete
+        raise UserError(f"compiling the {graph} graph failed: {e}; the export in {output_dir} is complete: "
+                        f"fix that and run {later}") from e
     except KeyboardInterrupt:
         raise CompileInterrupted(f"interrupted while compiling; the export in {output_dir} is complete, but "
                                  f"graphs without a qpc/ are not compiled: run {later}") from None

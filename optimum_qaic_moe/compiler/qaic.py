@@ -171,8 +171,11 @@ def _run_streaming(argv: List[str], cwd: str, say: Callable[[str], None], graph:
     """Run the compiler, passing each line of its output on as it comes. Returns (exit code, last lines).
     Interrupted, it stops the compiler before re-raising."""
     tail = collections.deque(maxlen=5)
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", bufsize=1)
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1)
+    except OSError as e:
+        raise UserError(f"could not run the compiler {argv[0]}: {e.strerror or e}") from e
     try:
         for line in proc.stdout:
             line = line.rstrip()
@@ -285,11 +288,14 @@ class QAICCompileBackend:
     def compile(self, output_dir: str, graph: str, argv: List[str], say=print) -> str:
         """Run the compiler for one graph (or reuse the cached result). Returns the qpc directory."""
         root = cache_root()
-        os.makedirs(root, mode=0o700, exist_ok=True)
-        untrusted = cache_root_problem(root)
+        try:
+            os.makedirs(root, mode=0o700, exist_ok=True)
+            untrusted = cache_root_problem(root)
+        except OSError as e:
+            untrusted = f"{root} cannot be created ({e.strerror or e})"
         if untrusted:
-            say(f"[qaic] warning: not using the compile cache: {untrusted} (make it private with chmod 700, or "
-                f"set ${CACHE_ENV} to a directory of your own)")
+            say(f"[qaic] warning: not using the compile cache: {untrusted} (make it a private directory of "
+                f"yours, e.g. chmod 700, or set ${CACHE_ENV} to one)")
         key = self.cache_key(output_dir, argv)
         entry = os.path.join(root, key)
         work = tempfile.mkdtemp(prefix=f"{key[:12]}.", dir=None if untrusted else root)  # 0700

@@ -57,6 +57,9 @@ class HostKVCache:
             self._loaded[name] = OrtGraph(path, optimize=not self.low_memory)
         return self._loaded[name]
 
+    def close(self) -> None:
+        self._loaded.clear()
+
     def start(self) -> None:
         self.cache = {name: np.zeros(shape, dtype=np.float32) for name, shape in self.meta["cache_shapes"].items()}
 
@@ -201,6 +204,10 @@ class CausalLMRunner:
     def reset(self) -> None:
         """Start a new request (the next prefill does this itself)."""
         self.kv.start()
+
+    def close(self) -> None:
+        """Release the graphs (on the card: deactivate the programs). The runner cannot run afterwards."""
+        self.kv.close()
 
     def _run(self, graph: str, input_ids: np.ndarray, position_ids: np.ndarray, ends_prompt: bool = False):
         if int(position_ids.max()) >= self.ctx_len:

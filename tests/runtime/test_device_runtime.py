@@ -132,3 +132,23 @@ def test_device_errors_are_one_clear_line(compiled, exports, qaicrt):
         CausalLMRunner(compiled["qwen3_moe"], device="qaic", device_ids={"encode": [0]})
     with pytest.raises(UserError, match="device_ids applies to device='qaic' only"):
         CausalLMRunner(compiled["qwen3_moe"], device_ids=[0])
+
+
+@pytest.mark.slow
+def test_left_padded_batch_on_the_card(tiny_dirs, tmp_path, monkeypatch):
+    """Export and compile through from_pretrained(device="qaic"); two batches in a row, the second over the first
+    one's cache left on the card, equal onnxruntime's tokens."""
+    qaicrt = sdk_importable(monkeypatch)
+    monkeypatch.setenv("OPTIMUM_QAIC_MOE_CACHE", str(tmp_path / "cache"))
+    model_dir = tiny_dirs["gpt_oss"]
+    card = QAICModelForCausalLM.from_pretrained(model_dir, export=True, device="qaic", batch_size=2,
+                                                prefill_seq_len=8, ctx_len=64, num_cores=4, verify=False,
+                                                compiler=install_tool(tmp_path / "bin"), output=str(tmp_path / "x"))
+    cpu = QAICModelForCausalLM.from_pretrained(str(tmp_path / "x"))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    for prompts in (PROMPTS, ["a dog by the river", "the old red car is in the house of the cat and the sun"]):
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        expected = cpu.generate(**enc, max_new_tokens=16, do_sample=False)
+        assert torch.equal(card.generate(**enc, max_new_tokens=16, do_sample=False), expected)
+    assert qaicrt.traffic["executions"] >= 2 * 16

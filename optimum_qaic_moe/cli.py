@@ -44,12 +44,15 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
     parser.add_argument("--aic-enable-depth-first", action="store_true", help="Compiler -aic-enable-depth-first.")
     parser.add_argument("--num-devices", type=int, default=1,
                         help="Devices to partition the program over (default: 1).")
-    parser.add_argument("--aic-hw-version", default="ai100", choices=("ai100", "ai200"),
-                        help="Target hardware version (default: ai100).")
+    parser.add_argument("--aic-hw-version", default="auto", choices=("auto", "ai100", "ai200"),
+                        help="Target hardware version (default: auto: what qaic-util reports, else ai100).")
     parser.add_argument("--compile", choices=("auto", "always", "never"), default="auto",
                         help="auto: compile when qaic-compile is found, else write compile.sh; always: fail "
                              "without a compiler; never: export only (default: auto).")
     parser.add_argument("--compiler", default=None, help="Path to qaic-compile (default: PATH, then /opt/qti-aic/exec).")
+    parser.add_argument("--compiler-option", dest="compiler_options", action="append", metavar="OPTION",
+                        help="One more option for the compiler, passed as given; repeatable. Write it with '=': "
+                             "--compiler-option=-sub-functions, --compiler-option=-node-precision-info=FILE.")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Export into a non-empty OUTPUT that holds no earlier export: files of the same names "
@@ -79,6 +82,6 @@ class QAICExportCommand(BaseOptimumCLICommand):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("error: interrupted; no artifacts were left that look complete", file=sys.stderr)
+        except KeyboardInterrupt as e:  # the compile step says what it leaves (the export is already complete)
+            print(f"error: {e or 'interrupted; no artifacts were left that look complete'}", file=sys.stderr)
             sys.exit(130)

@@ -34,7 +34,8 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _is_stateful = True  # the cache is device/session state: no beam search, no assisted decoding
 
-    def __init__(self, export_dir: str, device: str = "cpu", _tempdir=None):
+    def __init__(self, export_dir: str, device: str = "cpu", _tempdir=None, device_ids=None,
+                 data_path_timeout_ms=None):
         export_dir = os.path.abspath(export_dir)
         super().__init__(AutoConfig.from_pretrained(export_dir))
         self.export_dir = export_dir
@@ -42,7 +43,8 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
             self.generation_config = GenerationConfig.from_pretrained(export_dir)
         except OSError:
             self.generation_config = GenerationConfig.from_model_config(self.config)
-        self.runner = CausalLMRunner(export_dir, device=device)
+        self.runner = CausalLMRunner(export_dir, device=device, device_ids=device_ids,
+                                     data_path_timeout_ms=data_path_timeout_ms)
         self.settings = ExportSettings.from_dict(self.runner.meta["settings"])
         self._tempdir = _tempdir  # keeps a temporary export alive as long as the model
         self._started = False
@@ -54,8 +56,13 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
     # -- loading and saving ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model_id: str, export: bool = False, device: str = "cpu", **options):
+    def from_pretrained(cls, model_id: str, export: bool = False, device: str = "cpu", device_ids=None,
+                        data_path_timeout_ms=None, **options):
         """Load an export directory, or with ``export=True`` export a transformers checkpoint first.
+
+        ``device="qaic"`` runs the compiled programs on Cloud AI 100 cards: ``device_ids`` places them (a list
+        for both, or {"prefill": [...], "decode": [...]}; default: the runtime picks), ``data_path_timeout_ms``
+        bounds the wait for the card per call (default 60000).
 
         ``options`` are the CLI options in snake_case (``prefill_seq_len``, ``ctx_len``, ``num_cores``,
         ``moe_prefill_packed_chunk_size``, ``batch_size``, ``compile``, ...). Exports go to a temporary
@@ -69,7 +76,7 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
             if not os.path.isfile(os.path.join(model_id, "qaic_config.json")):
                 raise UserError(f"{model_id} is not a QAIC export (no qaic_config.json): "
                                 "pass export=True to export a transformers checkpoint")
-            return cls(model_id, device=device)
+            return cls(model_id, device=device, device_ids=device_ids, data_path_timeout_ms=data_path_timeout_ms)
         from .exporters.main import main_export
 
         names = {f.name for f in dataclasses.fields(ExportSettings)}
@@ -83,7 +90,8 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         options.setdefault("compile", "never" if device == "cpu" else "always")
         settings = ExportSettings(model=model_id, **options)
         output = main_export(settings)
-        return cls(output, device=device, _tempdir=tempdir)
+        return cls(output, device=device, _tempdir=tempdir, device_ids=device_ids,
+                   data_path_timeout_ms=data_path_timeout_ms)
 
     def save_pretrained(self, save_directory: str) -> None:
         if os.path.abspath(save_directory) == self.export_dir:

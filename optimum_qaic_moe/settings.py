@@ -13,7 +13,7 @@ from typing import List, Optional, Union
 SUPPORTED_TASKS = ("text-generation-with-past",)
 DISPATCHES = ("blocked", "loop")
 COMPILE_MODES = ("auto", "always", "never")
-HW_VERSIONS = ("ai100", "ai200")
+HW_VERSIONS = ("auto", "ai100", "ai200")  # auto: ask qaic-util, else ai100
 
 
 class UserError(ValueError):
@@ -39,9 +39,10 @@ class ExportSettings:
     mos: Optional[int] = None
     aic_enable_depth_first: bool = False
     num_devices: int = 1
-    aic_hw_version: str = "ai100"
+    aic_hw_version: str = "auto"
     compile: str = "auto"
     compiler: Optional[str] = None
+    compiler_options: List[str] = field(default_factory=list)  # passed to the compiler as given
     opset: int = 18
     verify: bool = True
     overwrite: bool = False
@@ -77,6 +78,10 @@ class ExportSettings:
             raise UserError(f"--compile must be one of {', '.join(COMPILE_MODES)}")
         if self.aic_hw_version not in HW_VERSIONS:
             raise UserError(f"--aic-hw-version must be one of {', '.join(HW_VERSIONS)}")
+        if self.compiler_options is None:
+            self.compiler_options = []
+        if isinstance(self.compiler_options, str) or not all(isinstance(o, str) for o in self.compiler_options):
+            raise UserError(f"compiler_options must be a list of strings, got {self.compiler_options!r}")
         if not 14 <= self.opset <= 23:
             raise UserError(f"--opset {self.opset} is not supported: use an opset between 14 and 23")
         return self

@@ -92,8 +92,8 @@ def test_garbage_in_empty_cache_slots_does_not_reach_valid_rows(exports):
         runner = CausalLMRunner(out, low_memory=True)
         prompt = np.arange(4, 17)[None]
         clean = runner.prefill(prompt)
-        runner.reset = lambda: setattr(runner, "cache", {n: np.full(s, np.nan, np.float32)
-                                                         for n, s in runner.cache_shapes.items()})
+        kv = runner.kv
+        kv.start = lambda: setattr(kv, "cache", {n: np.full(s, np.nan, np.float32) for n, s in kv.cache_shapes.items()})
         dirty = runner.prefill(prompt)
         np.testing.assert_array_equal(dirty, clean)
         nxt = clean.argmax(-1)

@@ -105,7 +105,8 @@ def main() -> None:
     prompt = np.random.default_rng(0).integers(0, 32000, size=(1, a.prompt))
     runners = {"before: whole cache every call": whole_cache_runner(export_dir),
                "after: cache stays on the card": CausalLMRunner(export_dir, device="qaic")}
-    cache = sum(int(np.prod(s)) * 2 for s in runners["after: cache stays on the card"].meta["cache_shapes"].values())
+    host = CausalLMRunner(export_dir, low_memory=True)  # the cache's shapes, bound as the programs bind them
+    cache = sum(int(np.prod(s)) * 2 for s in host.kv.cache_shapes.values())
     print(f"Qwen3-MoE, {a.layers} layers, 4 KV heads x 128, ctx {a.ctx}, vocab 32000, prompt {a.prompt} "
           f"({-(-a.prompt // a.prefill)} prefill chunks of {a.prefill}), {a.tokens} decode steps; "
           f"KV cache {cache:,} bytes (float16)")

@@ -91,10 +91,14 @@ def write_compile_files(export_dir: str, settings: ExportSettings, resolved: Res
     return commands
 
 
-def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend, commands,
+def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend, commands=None,
                    say: Callable[[str], None] = print) -> None:
-    """Compile the published export in place (each graph's qpc/ appears only when complete), or say how to."""
+    """Compile the published export in place (each graph's qpc/ appears only when complete), or say how to.
+    ``commands``: those ``write_compile_files`` returned when the export was staged (else compile.sh is written
+    now)."""
     backend = resolved.backend
+    if commands is None:
+        commands = write_compile_files(output_dir, settings, resolved)
     later = f"bash {shell_quote(os.path.join(output_dir, 'compile.sh'))}"
     if resolved.compiler_path is None:
         why = "--compile never" if settings.compile == "never" else "no QAIC compiler found"

@@ -299,7 +299,6 @@ def export_onnx(
 
     Raises ExportCheckError if the export or any check fails; nothing is then left at ``output_path``.
     """
-    import torch
     import onnx_ir as ir
 
     from optimum_qaic_moe.ops import translation_table

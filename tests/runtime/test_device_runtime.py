@@ -53,7 +53,7 @@ def qaicrt(monkeypatch):
 
 def kv_bytes(export_dir):
     """Bytes of the whole KV cache at the program's I/O type (float16 in custom_io.yaml)."""
-    shapes = read_json(os.path.join(export_dir, "qaic_config.json"))["cache_shapes"].values()
+    shapes = CausalLMRunner(export_dir, low_memory=True).kv.cache_shapes.values()
     return sum(int(np.prod(s)) * 2 for s in shapes)
 
 

@@ -55,7 +55,7 @@ def counting_graph(path):
 def write_program(export_dir, graph, specializations):
     d = os.path.join(export_dir, graph)
     os.makedirs(d)
-    counting_graph(os.path.join(d, "model.onnx"))
+    counting_graph(os.path.join(export_dir, f"{graph}.onnx"))
     with open(os.path.join(d, "specializations.json"), "w") as f:
         json.dump({"specializations": [{k: str(v) for k, v in s.items()} for s in specializations]}, f)
     with open(os.path.join(d, "custom_io.yaml"), "w") as f:

@@ -11,9 +11,8 @@ import os
 import shlex
 from typing import Callable, Optional
 
+from ..logging import info, progress
 from ..settings import ExportSettings, UserError
-
-DEFAULT_BACKEND = "qaic-compile"
 
 
 class ResolvedBackend:
@@ -26,9 +25,10 @@ def resolve_backend(settings: ExportSettings) -> ResolvedBackend:
     from ..plugins import get_compile_backends
 
     backends = get_compile_backends()
-    name = settings.extra.get("compile_backend", DEFAULT_BACKEND)
+    name = settings.compile_backend
     if name not in backends:
-        raise UserError(f"unknown compile backend {name!r}: registered are {', '.join(sorted(backends))}")
+        raise UserError(f"--compile-backend {name} is not registered: registered are {', '.join(sorted(backends))} "
+                        "(a plugin can add more)")
     backend = backends[name]
     path = backend.find_compiler(settings.compiler) if settings.compile != "never" else None
     if settings.compile == "always" and path is None:
@@ -49,13 +49,13 @@ def write_compile_script(output_dir: str, commands) -> str:
 
 
 def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend,
-                   say: Callable[[str], None] = print) -> None:
+                   say: Callable[[str], None] = info) -> None:
     backend = resolved.backend
     commands = backend.commands(output_dir, settings, resolved.compiler_path)
     script = write_compile_script(output_dir, commands)
     if resolved.compiler_path is None:
         why = "--compile never" if settings.compile == "never" else "no QAIC compiler found"
-        say(f"[qaic] not compiled ({why}); to compile later run: bash {script}")
+        say(f"not compiled ({why}); to compile later run: bash {script}")
         return
-    for graph, argv in commands:
+    for graph, argv in progress(commands, desc="compile", unit="graph"):
         backend.compile(output_dir, graph, argv, say=say)

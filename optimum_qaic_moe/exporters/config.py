@@ -72,7 +72,9 @@ class QAICCausalLMExportConfig:
             f.write("\n")
 
     def write_custom_io(self, path, mxint8_kv_cache: bool = False) -> None:
+        import yaml
+
         precision = "mxint8" if mxint8_kv_cache else "float16"
         with open(path, "w") as f:
-            for name in self.kv_names:
-                f.write(f" - IOName: {name}\n   Precision: {precision}\n\n")
+            yaml.safe_dump([{"IOName": name, "Precision": precision} for name in self.kv_names], f,
+                           sort_keys=False)

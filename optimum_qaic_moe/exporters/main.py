@@ -12,35 +12,14 @@ import json
 import os
 import platform
 import shutil
-import sys
-import time
-from contextlib import contextmanager
 
+from ..logging import Steps, info, stage
 from ..settings import ExportSettings, UserError
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def stage(name: str):
-    t0 = time.perf_counter()
-    say(f"[qaic] {name} ...")
-    yield
-    say(f"[qaic] {name}: done in {time.perf_counter() - t0:.1f} s")
+from ..sources import read_model_config, resolve_model_dir, save_tokenizer
 
 
 def read_model_type(model_dir: str) -> str:
-    with open(os.path.join(model_dir, "config.json")) as f:
-        model_type = json.load(f).get("model_type")
-    if not model_type:
-        raise UserError(f"{model_dir}/config.json has no model_type: is this a transformers checkpoint?")
-    return model_type
+    return read_model_config(model_dir)["model_type"]  # checked: a JSON object with a model_type string
 
 
 def resolve_architecture(model_type: str):
@@ -55,12 +34,13 @@ def resolve_architecture(model_type: str):
     return architectures[model_type], configs[model_type]
 
 
-def load_model(model_dir: str):
+def load_model(model_dir: str, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers, safetensors and torch each raise their own types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load a causal LM from {model_dir}: {first}") from e
@@ -91,10 +71,9 @@ def export_graph(hf_model, arch, export_config, settings: ExportSettings, graph:
     os.makedirs(graph_dir, exist_ok=True)
     qaic_model = arch.qaic_model(hf_model, dispatch, settings.ctx_len).eval()
     args = export_config.example_inputs(settings.batch_size, seq_len, qaic_model.cache_lengths)
-    with torch.no_grad():
+    with torch.no_grad(), Steps(total=3, desc=graph) as steps:  # trace, save, check
         export_onnx(qaic_model, args, os.path.join(graph_dir, "model.onnx"), list(export_config.inputs),
-                    list(export_config.outputs), opset=settings.opset,
-                    progress=lambda step: say(f"[qaic]   {graph}: {step}"))
+                    list(export_config.outputs), opset=settings.opset, progress=steps)
     export_config.write_specializations(os.path.join(graph_dir, "specializations.json"), settings.batch_size,
                                         seq_len, settings.ctx_len)
     export_config.write_custom_io(os.path.join(graph_dir, "custom_io.yaml"), settings.mxint8_kv_cache)
@@ -117,9 +96,7 @@ def write_side_files(hf_model, model_dir: str, staging: str, settings: ExportSet
     hf_model.config.save_pretrained(staging)
     if hf_model.generation_config is not None:
         hf_model.generation_config.save_pretrained(staging)
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(model_dir, name)):
-            shutil.copy2(os.path.join(model_dir, name), staging)
+    save_tokenizer(model_dir, staging, trust_remote_code=settings.trust_remote_code)
     cache_shapes = {}
     for i, length in enumerate(cache_lengths):
         shape = list(export_config.cache_shape(settings.batch_size, length))
@@ -128,7 +105,7 @@ def write_side_files(hf_model, model_dir: str, staging: str, settings: ExportSet
     meta = {
         "model_type": hf_model.config.model_type,
         "graphs": list(settings.graphs),
-        "settings": {k: v for k, v in settings.to_dict().items() if k not in ("output", "extra")},
+        "settings": settings.recorded(),
         "source_model": os.path.abspath(model_dir),
         "cache_shapes": cache_shapes,
         "pad_token_id": hf_model.config.pad_token_id,
@@ -152,10 +129,13 @@ def publish(staging: str, output: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def main_export(settings: ExportSettings) -> str:
-    """Export (and verify, and compile when asked) one checkpoint. Returns the output directory."""
+def run_export(settings: ExportSettings) -> str:
+    """Export (and verify, and compile when asked) one checkpoint. Returns the output directory. The public
+    entry points are ``optimum_qaic_moe.main_export`` and ``optimum-cli export qaic``."""
     settings.validate()
-    model_type = read_model_type(settings.model)
+    model_dir = resolve_model_dir(settings.model, trust_remote_code=settings.trust_remote_code,
+                                  **settings.loading_options)
+    model_type = read_model_type(model_dir)
     arch, export_config_cls = resolve_architecture(model_type)
     output = os.path.abspath(settings.output or ".")
     if os.path.isfile(output):
@@ -169,8 +149,8 @@ def main_export(settings: ExportSettings) -> str:
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
-        with stage(f"load {model_type} from {settings.model}"):
-            hf_model = load_model(settings.model)
+        with stage(f"load {model_type} from {model_dir}"):
+            hf_model = load_model(model_dir, settings.trust_remote_code)
         export_config = export_config_cls(hf_model.config, task=settings.task)
         cache_lengths = arch.cache_lengths(hf_model.config, settings.ctx_len)
         for graph, seq_len, dispatch in graph_plan(settings):
@@ -179,7 +159,7 @@ def main_export(settings: ExportSettings) -> str:
                           if dispatch.dispatch == "blocked" else ")")):
                 export_graph(hf_model, arch, export_config, settings, graph, seq_len, dispatch,
                              os.path.join(staging, graph))
-        write_side_files(hf_model, settings.model, staging, settings, export_config, cache_lengths)
+        write_side_files(hf_model, model_dir, staging, settings, export_config, cache_lengths)
         if settings.verify:
             from .verify import reference_run, verify_export
 
@@ -187,12 +167,12 @@ def main_export(settings: ExportSettings) -> str:
                 reference = reference_run(hf_model, settings)
                 del hf_model  # onnxruntime loads the graphs next: do not hold both in memory
                 gc.collect()
-                verify_export(staging, reference, say)
+                verify_export(staging, reference)
         publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"[qaic] wrote {output}")
+    info(f"wrote {output}")
     # After publishing: compile.sh and the compiler read the graphs at their final paths.
-    compiler.compile_export(output, settings, backend, say=say)
+    compiler.compile_export(output, settings, backend)
     return output

@@ -15,6 +15,7 @@ from typing import List
 
 import numpy as np
 
+from ..logging import info, progress
 from ..settings import ExportSettings, UserError
 
 RELATIVE_TOLERANCE = 1e-4  # of the logits' scale; fp32 round-off through a full model is ~1e-6
@@ -47,17 +48,20 @@ def reference_run(hf_model, settings: ExportSettings, decode_steps: int = 3, see
     return ref
 
 
-def verify_export(export_dir: str, ref: Reference, say) -> float:
+def verify_export(export_dir: str, ref: Reference) -> float:
     from ..runtime.session import CausalLMRunner
 
     runner = CausalLMRunner(export_dir, low_memory=True)
-    got = [runner.prefill(ref.prompt)]
-    position = ref.prompt.shape[1]
-    for token in ref.tokens:
-        got.append(runner.decode(token, np.full(len(token), position)))
-        position += 1
+    with progress(total=1 + len(ref.tokens), desc="verify", unit="call") as bar:
+        got = [runner.prefill(ref.prompt)]
+        bar.update(1)
+        position = ref.prompt.shape[1]
+        for token in ref.tokens:
+            got.append(runner.decode(token, np.full(len(token), position)))
+            position += 1
+            bar.update(1)
     worst = max(float(np.abs(g - r).max() / max(1.0, float(np.abs(r).max()))) for g, r in zip(got, ref.logits))
-    say(f"[qaic] verify: prompt of {ref.prompt.shape[1]} tokens + {len(ref.tokens)} decode steps, "
+    info(f"verify: prompt of {ref.prompt.shape[1]} tokens + {len(ref.tokens)} decode steps, "
         f"max |logits - transformers| = {worst:.2e} of the logits' scale")
     if not worst <= RELATIVE_TOLERANCE:
         raise UserError(f"verification failed: onnxruntime logits differ from transformers by {worst:.2e} "

@@ -15,7 +15,7 @@ import difflib
 import inspect
 from contextlib import contextmanager
 
-from .settings import ExportSettings, QAICError, default_of, python_names
+from .settings import ExportSettings, QAICError, default_of, field_types, python_names
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ExportSettings) if f.name not in ("model", "output"))
 
@@ -66,8 +66,10 @@ def _options_doc() -> str:
 def _signature() -> inspect.Signature:
     params = [inspect.Parameter("model_name_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
               inspect.Parameter("output", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)]
-    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f), annotation=f.type)
-               for f in dataclasses.fields(ExportSettings) if f.name in OPTION_NAMES]
+    types = field_types()
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f),
+                                 annotation=types[f.name]) for f in dataclasses.fields(ExportSettings)
+               if f.name in OPTION_NAMES]
     return inspect.Signature(params, return_annotation=str)
 
 

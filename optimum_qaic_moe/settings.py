@@ -5,6 +5,11 @@ choices (``Literal``) and the validation; its default is the only default. ``opt
 Python API (``main_export``, ``QAICModelForCausalLM.from_pretrained(export=True)``) and the README's option
 table are all generated from these fields.
 
+Adding an option is adding a field: ``name: type = option(default, help="one line", group="...")``. Types the
+CLI understands: ``bool`` (a flag), ``int``, ``float``, ``str``, ``X | None``, ``Literal[...]`` (choices), a union
+such as ``int | Literal["auto"]`` (values tried in order), and ``list[X]`` (a repeatable flag, or ``nargs``); use
+``default_factory=list`` for a list. No default, choice or help text is written anywhere else.
+
 Plain Python only (no torch): the CLI parses and validates with it before any heavy import.
 """
 
@@ -46,6 +51,8 @@ def option(default: Any = MISSING, *, help: str, group: str, default_factory: An
     - ``short``: a short alias (``-m``); ``metavar``; ``positional``: an argument without a flag;
     - ``required``: the CLI demands it (the Python API takes it as a parameter);
     - ``minimum``: the smallest allowed value of an int field;
+    - ``nargs``: for a ``list[...]`` field, argparse's nargs (``"+"``: several values after one flag); without
+      it the flag is repeatable (``--flag a --flag b``);
     - ``flag_help``: the CLI flag's help when it reads differently from the field's (``--no-verify``);
     - ``record=False``: kept out of ``qaic_config.json`` (secrets such as ``token``, and the output path).
     """
@@ -86,7 +93,7 @@ class ExportSettings:
     moe_prefill_packed_chunk_size: int = option(256, minimum=1, group="moe",
                                                 help="rows per packed chunk of the blocked prefill")
     moe_prefill_dispatch: Literal["blocked", "loop"] = option(
-        "blocked", metavar="NAME", group="moe", help="MoE prefill algorithm (see How it works)")
+        "blocked", metavar="NAME", group="moe", help="MoE prefill algorithm")
 
     compile: Literal["auto", "always", "never"] = option(
         "auto", group="compile", help="auto: compile if a compiler is found, else write compile.sh")
@@ -116,7 +123,7 @@ class ExportSettings:
             if not _has_type(value, hints[f.name]):
                 raise UserError(f"{flag_of(f)} must be {_describe(hints[f.name])}, got {value!r}")
             minimum = f.metadata.get("minimum")
-            if minimum is not None and value is not None and value < minimum:
+            if minimum is not None and isinstance(value, int) and value < minimum:
                 wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
                 raise UserError(f"{flag_of(f)} must be {wanted}, got {value!r}")
         if not self.model:
@@ -217,18 +224,53 @@ def argparse_spec(f: dataclasses.Field) -> tuple:
     if base is bool:
         kwargs["action"] = "store_false" if flag.startswith("--no-") else "store_true"
         return names, kwargs
+    if typing.get_origin(base) is list:  # repeatable flag, or several values after one flag with nargs="+"
+        (base,) = typing.get_args(base)
+        kwargs.update({"nargs": f.metadata["nargs"]} if f.metadata.get("nargs") else {"action": "append"})
     if typing.get_origin(base) is Literal:
         kwargs["choices"] = list(typing.get_args(base))
-    elif base is int:
-        kwargs.update(type=int, metavar="N")
-    elif typing.get_origin(base) is list:
-        (item,) = typing.get_args(base)
-        kwargs.update(action="append", type=item)
-    elif base is not int:
-        kwargs["type"] = base
+    else:
+        kwargs["type"] = _text_parser(base)
+        kwargs["metavar"] = "N" if base is int else None
     if f.metadata.get("metavar"):
         kwargs["metavar"] = f.metadata["metavar"]
-    return names, kwargs
+    return names, {k: v for k, v in kwargs.items() if v is not None}
+
+
+def parse_text(text: str, hint) -> Any:
+    """A CLI value of type ``hint``: int, float, str, a Literal, or a union of them tried in order
+    (``int | Literal["auto"]`` takes ``7`` and ``auto``). Raises ValueError naming what was expected."""
+    hint = _hint_base(hint)
+    origin = typing.get_origin(hint)
+    if origin in UNIONS:
+        for member in typing.get_args(hint):
+            try:
+                return parse_text(text, member)
+            except ValueError:
+                continue
+        raise ValueError(f"expected {_describe(hint)}, got {text!r}")
+    if origin is Literal:
+        for choice in typing.get_args(hint):
+            if text == str(choice):
+                return choice
+        raise ValueError(f"expected {_describe(hint)}, got {text!r}")
+    return hint(text)
+
+
+def _text_parser(hint):
+    if hint in (int, float, str):
+        return hint  # argparse's own message: "invalid int value: 'x'"
+
+    def parse(text: str):
+        import argparse
+
+        try:
+            return parse_text(text, hint)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = _describe(hint)
+    return parse
 
 
 def options_table() -> str:
@@ -278,6 +320,11 @@ def _default_text(f: dataclasses.Field) -> str:
 
 _HINTS: dict[str, Any] | None = None
 UNIONS = (typing.Union, types.UnionType)  # Optional[X] and X | None
+
+
+def field_types() -> dict[str, Any]:
+    """{field name: its type, resolved} (``Literal[...]``, ``int | None``, ...)."""
+    return dict(_type_hints())
 
 
 def _type_hints() -> dict[str, Any]:

@@ -217,3 +217,17 @@ def test_onnx_export_keeps_working_beside_qaic(tmp_path):
     proc = optimum_cli("export", "onnx", "--model", tmp_path / "gpt2", "--task", "text-generation", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_cli_value_parsing_of_the_option_types():
+    """The types an option may have (see the settings module's docstring), parsed as the CLI parses them."""
+    from typing import Literal
+
+    from optimum_qaic_moe.settings import parse_text
+
+    chunk = int | Literal["auto"]
+    assert parse_text("7", chunk) == 7 and parse_text("auto", chunk) == "auto"
+    with pytest.raises(ValueError, match="expected an integer or one of 'auto', got 'big'"):
+        parse_text("big", chunk)
+    assert parse_text("loop", Literal["blocked", "loop"]) == "loop"
+    assert parse_text("3", int | None) == 3 and parse_text("x", str) == "x"

@@ -103,7 +103,8 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         options.setdefault("compile", "never" if device == "cpu" else "always")
         output = main_export(model_id, **options)
         with python_errors():
-            return cls(output, device=device, _tempdir=tempdir, trust_remote_code=options.get("trust_remote_code"))
+            return cls(output, device=device, _tempdir=tempdir,
+                       trust_remote_code=bool(options.get("trust_remote_code")))
 
     def save_pretrained(self, save_directory: str, push_to_hub: bool = False, **kwargs) -> None:
         """Copy the export (graphs, compiler inputs, compiled programs, config, tokenizer) to ``save_directory``.
@@ -162,7 +163,8 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         self._check_generation(config, input_ids, kwargs.get("attention_mask"))
         self._in_generate, self._groups = True, []  # the first forward of this generation runs the prompt
         try:
-            return super().generate(inputs, generation_config, **kwargs)
+            with python_errors():  # a runtime error names ctx_len, not --ctx-len
+                return super().generate(inputs, generation_config, **kwargs)
         finally:
             self._in_generate, self._groups = False, []
 

@@ -10,9 +10,8 @@ import subprocess
 import termios
 
 import pytest
-from transformers.utils import logging as hf_logging
-
 from conftest import BIN, optimum_cli
+from transformers.utils import logging as hf_logging
 
 FAST = ("--prefill-seq-len", 4, "--ctx-len", 16, "--num-cores", 2, "--decode-only", "--no-verify")
 

@@ -7,8 +7,8 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import optimum_cli, read_json
+
 from optimum_qaic_moe import plugins
 
 PLUGIN_SETUP = """

@@ -5,9 +5,9 @@ import os
 import shutil
 
 import pytest
-
 from conftest import optimum_cli
 from hub_standins import checkpoint_files, write_hub_cache
+
 from optimum_qaic_moe.sources import save_tokenizer
 
 SECRET = "root:x:0:0:the secret a link must not leak"

@@ -70,13 +70,11 @@ class ExportSettings:
     task: Literal["text-generation-with-past"] = option(
         "text-generation-with-past", metavar="TASK", group="model",
         help="text-generation-with-past, the only task (graphs carry the KV cache)")
-    revision: str | None = option(None, metavar="REV", group="model",
-                                     help="Hub branch, tag or commit (default: main)")
+    revision: str | None = option(None, metavar="REV", group="model", help="Hub branch, tag or commit (default: main)")
     subfolder: str = option("", metavar="DIR", group="model", help="checkpoint folder inside the directory or repo")
-    cache_dir: str | None = option(None, metavar="DIR", group="model",
-                                      help="Hugging Face cache (default: HF_HUB_CACHE)")
+    cache_dir: str | None = option(None, metavar="DIR", group="model", help="Hugging Face cache (default: HF_HUB_CACHE)")
     token: str | None = option(None, metavar="TOKEN", group="model", record=False,
-                                  help="Hub token for private or gated models")
+                               help="Hub token for private or gated models")
     local_files_only: bool = option(False, group="model", help="use only files already in the Hugging Face cache")
     trust_remote_code: bool = option(False, group="model", help="allow custom code from the checkpoint")
 
@@ -100,7 +98,7 @@ class ExportSettings:
     compile_backend: str = option("qaic-compile", metavar="NAME", group="compile",
                                   help="compile backend; plugins can register more")
     compiler: str | None = option(None, metavar="PATH", group="compile",
-                                     help="qaic-compile to run (default: PATH, then /opt/qti-aic/exec)")
+                                  help="qaic-compile to run (default: PATH, then /opt/qti-aic/exec)")
     aic_hw_version: Literal["ai100", "ai200"] = option("ai100", group="compile", help="target hardware version")
     num_devices: int = option(1, minimum=1, group="compile", help="devices to partition the program over")
     mxfp6_matmul: bool = option(False, group="compile", help="compile matmul weights to MXFP6")
@@ -123,9 +121,10 @@ class ExportSettings:
             if not _has_type(value, hints[f.name]):
                 raise UserError(f"{flag_of(f)} must be {_describe(hints[f.name])}, got {value!r}")
             minimum = f.metadata.get("minimum")
-            if minimum is not None and isinstance(value, int) and value < minimum:
-                wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-                raise UserError(f"{flag_of(f)} must be {wanted}, got {value!r}")
+            for item in value if isinstance(value, list) else [value]:  # a list field: each of its values
+                if minimum is not None and isinstance(item, int) and item < minimum:
+                    wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                    raise UserError(f"{flag_of(f)} must be {wanted}, got {item!r}")
         if not self.model:
             raise UserError("--model is required: give a local checkpoint directory or a Hub model id")
         if self.prefill_seq_len > self.ctx_len:

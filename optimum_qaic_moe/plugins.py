@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict
 
 import pluggy
 
+from .settings import QAICError
+
 PROJECT = "optimum_qaic_moe"
 ENTRY_POINT_GROUP = "optimum_qaic_moe"
 DISABLE_ENV = "OPTIMUM_QAIC_MOE_DISABLE_PLUGINS"
@@ -57,7 +59,7 @@ class Hookspecs:
         """Call ``register(backend)``; a backend has a ``name`` and ``compile(graph_dir, settings)``."""
 
 
-class PluginError(RuntimeError):
+class PluginError(QAICError, RuntimeError):
     pass
 
 

@@ -14,9 +14,8 @@ import os
 import shlex
 from typing import Callable, List, Optional
 
+from ..logging import info
 from ..settings import ExportSettings, UserError
-
-DEFAULT_BACKEND = "qaic-compile"
 
 
 class CompileInterrupted(KeyboardInterrupt):
@@ -53,9 +52,10 @@ def resolve_backend(settings: ExportSettings) -> ResolvedBackend:
     from ..plugins import get_compile_backends
 
     backends = get_compile_backends()
-    name = settings.extra.get("compile_backend", DEFAULT_BACKEND)
+    name = settings.compile_backend
     if name not in backends:
-        raise UserError(f"unknown compile backend {name!r}: registered are {', '.join(sorted(backends))}")
+        raise UserError(f"--compile-backend {name} is not registered: registered are {', '.join(sorted(backends))} "
+                        "(a plugin can add more)")
     backend = backends[name]
     if hasattr(backend, "check_settings"):
         backend.check_settings(settings)
@@ -92,7 +92,7 @@ def write_compile_files(export_dir: str, settings: ExportSettings, resolved: Res
 
 
 def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend, commands=None,
-                   say: Callable[[str], None] = print) -> None:
+                   say: Callable[[str], None] = info) -> None:
     """Compile the published export in place (each graph's qpc/ appears only when complete), or say how to.
     ``commands``: those ``write_compile_files`` returned when the export was staged (else compile.sh is written
     now)."""
@@ -102,7 +102,7 @@ def compile_export(output_dir: str, settings: ExportSettings, resolved: Resolved
     later = f"bash {shell_quote(os.path.join(output_dir, 'compile.sh'))}"
     if resolved.compiler_path is None:
         why = "--compile never" if settings.compile == "never" else "no QAIC compiler found"
-        say(f"[qaic] not compiled ({why}); to compile later run: {later}")
+        say(f"not compiled ({why}); to compile later run: {later}")
         return
     graph = None
     try:

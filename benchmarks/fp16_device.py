@@ -25,9 +25,9 @@ import numpy as np
 EXPORT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from optimum_qaic_moe.exporters.main import main_export
+from optimum_qaic_moe.exporters import main
 from optimum_qaic_moe.settings import ExportSettings
-main_export(ExportSettings(model=sys.argv[2], output=sys.argv[3], prefill_seq_len=int(sys.argv[4]),
+(getattr(main, "run_export", None) or main.main_export)(ExportSettings(model=sys.argv[2], output=sys.argv[3], prefill_seq_len=int(sys.argv[4]),
                            ctx_len=int(sys.argv[5]), num_cores=4, compile="never", verify=False))
 """
 

@@ -44,3 +44,15 @@ def exports(tmp_path_factory, tiny_dirs):
                            "--num-cores", 4, "--moe-prefill-packed-chunk-size", 5, root / arch, check=True)
         out[arch] = (str(root / arch), proc)
     return out
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """{format key: directory} of tiny checkpoints in every on-disk format (tests/checkpoints), written once per
+    session (each in well under a second)."""
+    from checkpoint_helpers import FORMATS  # tests/checkpoints, on the path when its tests are collected
+
+    from optimum_qaic_moe.testing import write_checkpoint
+
+    root = tmp_path_factory.mktemp("formats")
+    return {key: write_checkpoint(mt, str(root / key), format=fmt, **kw) for key, (mt, fmt, kw) in FORMATS.items()}

@@ -223,7 +223,7 @@ def test_compiler_option_files_are_absolute_and_part_of_the_key(setup, tmp_path,
 
 
 def test_bad_compiler_options_fail_before_any_export_work(tmp_path, tiny_dirs):
-    from optimum_qaic_moe.exporters.main import main_export
+    from optimum_qaic_moe.exporters.main import run_export
 
     for option, message in [
             ("-aic-num-cores=8", "--compiler-option -aic-num-cores=8 is set by the export itself: use --num-cores"),
@@ -233,7 +233,7 @@ def test_bad_compiler_options_fail_before_any_export_work(tmp_path, tiny_dirs):
         settings = ExportSettings(model=tiny_dirs["gpt_oss"], output=str(tmp_path / "out"), compile="never",
                                   compiler_options=[option])
         with pytest.raises(UserError) as raised:
-            main_export(settings)
+            run_export(settings)
         assert str(raised.value) == message
         assert os.listdir(tmp_path) == []  # no staging dir, no output
 

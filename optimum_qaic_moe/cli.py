@@ -8,6 +8,14 @@ from argparse import ArgumentParser
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 
+def _int_or_text(text: str):
+    """An integer, else the text itself: 'auto', or bad input that ExportSettings.validate reports in one line."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def parse_args_qaic(parser: ArgumentParser) -> None:
     parser.add_argument("output", help="Directory to write the QAIC artifacts to (prefill/, decode/, qaic_config.json).")
     parser.add_argument("--model", "-m", required=True, help="Local checkpoint directory (Qwen3-MoE or GPT-OSS).")
@@ -20,10 +28,12 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
     parser.add_argument("--num-cores", type=int, default=16,
                         help="NSP cores: experts are dealt to this many cores in the blocked prefill, and the "
                              "compiler uses this many (default: 16). Any value >= 1 works.")
-    parser.add_argument("--moe-prefill-packed-chunk-size", type=int, default=256,
-                        help="Rows per packed chunk in the blocked MoE prefill (default: 256).")
-    parser.add_argument("--moe-prefill-dispatch", choices=("blocked", "loop"), default="blocked",
-                        help="MoE prefill dispatch: expert-blocked NSP-parallel (default) or the per-expert loop.")
+    parser.add_argument("--moe-prefill-packed-chunk-size", type=_int_or_text, default=256,
+                        help="Rows per packed chunk (blocked) or per tile (grouped) in the MoE prefill, or 'auto': "
+                             "picked per model and prefill length by a cost model of the device (default: 256).")
+    parser.add_argument("--moe-prefill-dispatch", choices=("blocked", "grouped", "loop"), default="blocked",
+                        help="MoE prefill dispatch: expert-blocked NSP-parallel (default), grouped (each expert's "
+                             "tokens in tiles: fewer expert FLOPs) or the per-expert loop.")
     parser.add_argument("--prefill-only", action="store_true", help="Export only the prefill graph.")
     parser.add_argument("--decode-only", action="store_true", help="Export only the decode graph.")
     parser.add_argument("--enable-chunking", action="store_true",

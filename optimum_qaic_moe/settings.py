@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 SUPPORTED_TASKS = ("text-generation-with-past",)
-DISPATCHES = ("blocked", "loop")
+DISPATCHES = ("blocked", "grouped", "loop")
 COMPILE_MODES = ("auto", "always", "never")
 HW_VERSIONS = ("ai100", "ai200")
 
@@ -29,7 +29,7 @@ class ExportSettings:
     prefill_seq_len: int = 128
     ctx_len: int = 1024
     num_cores: int = 16
-    moe_prefill_packed_chunk_size: int = 256
+    moe_prefill_packed_chunk_size: int | str = 256  # rows, or "auto" (the MoE cost model picks)
     moe_prefill_dispatch: str = "blocked"
     prefill_only: bool = False
     decode_only: bool = False
@@ -55,8 +55,10 @@ class ExportSettings:
             raise UserError(f"no config.json in {self.model}: --model must be a transformers checkpoint directory")
         if self.task not in SUPPORTED_TASKS:
             raise UserError(f"unknown task {self.task!r}: use one of {', '.join(SUPPORTED_TASKS)}")
-        for name in ("batch_size", "prefill_seq_len", "ctx_len", "num_cores", "moe_prefill_packed_chunk_size",
-                     "num_devices"):
+        chunk = self.moe_prefill_packed_chunk_size
+        if chunk != "auto" and not (isinstance(chunk, int) and chunk >= 1):
+            raise UserError(f"--moe-prefill-packed-chunk-size must be a positive integer or 'auto', got {chunk!r}")
+        for name in ("batch_size", "prefill_seq_len", "ctx_len", "num_cores", "num_devices"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 flag = "--" + name.replace("_", "-")

@@ -167,9 +167,9 @@ class GroupedPlan:
 
     def describe(self) -> str:
         ideal = self.num_pairs
-        return (f"{self.num_tokens} tokens x top-{self.top_k} = {ideal} rows in {self.num_tiles} tiles of "
+        return (f"{self.num_tokens} tokens x top-{self.top_k} = {ideal} routed rows in {self.num_tiles} tiles of "
                 f"{self.tile_rows}: {self.executed_rows} rows executed ({self.executed_rows / ideal:.2f}x the "
-                f"ideal), {self.num_tiles} expert weight loads")
+                f"ideal), {self.num_tiles} expert weight sets loaded")
 
 
 def grouped_layout(topk_idx: torch.Tensor, num_experts: int, plan: GroupedPlan):

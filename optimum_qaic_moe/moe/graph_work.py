@@ -2,13 +2,13 @@
 the graph really contains.
 
 An expert MatMul is one the exporter recorded inside the ``experts`` module of an ``MoEBlock`` (the node's
-``pkg.torch.onnx.name_scopes`` / ``class_hierarchy`` metadata). Its shapes come from ONNX shape inference:
+``namespace`` metadata). Its shapes come from ONNX shape inference:
 A [..., m, n] x B [..., n, p] executes 2 * (output elements) * n FLOPs and reads B's elements of weights.
 """
 
 from __future__ import annotations
 
-import ast
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -23,14 +23,14 @@ class GraphExpertWork:
 
 
 def _is_expert_matmul(node) -> bool:
+    """The exporter's ``namespace`` metadata reads ``path: class/path: class/...`` down the module tree; an expert
+    MatMul has an ``MoEBlock`` segment followed by the segment of its ``experts`` submodule."""
     meta = {p.key: p.value for p in node.metadata_props}
-    if node.op_type != "MatMul" or "pkg.torch.onnx.class_hierarchy" not in meta:
+    if node.op_type != "MatMul" or "namespace" not in meta:
         return False
-    classes = ast.literal_eval(meta["pkg.torch.onnx.class_hierarchy"])
-    scopes = ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])
-    # The module directly below an MoEBlock is its experts module when its scope is named "experts".
-    return any(c == MOE_BLOCK_CLASS and i + 1 < len(scopes) and scopes[i + 1] == "experts"
-               for i, c in enumerate(classes))
+    segments = [seg.split(": ") for seg in meta["namespace"].split("/")]  # [[module path, class], ...]
+    return any(cls == MOE_BLOCK_CLASS and nxt[0].split(".")[-1] == "experts"
+               for (_, cls), nxt in itertools.pairwise(segments))
 
 
 def _shapes(model) -> dict:

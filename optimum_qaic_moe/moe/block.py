@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .cost import choose_chunk_size
+from .cost import FP16_BYTES, choose_chunk_size
 from .dispatch import (
     BlockedPlan,
     GroupedPlan,
@@ -28,11 +28,13 @@ DISPATCHES = ("blocked", "grouped", "loop", "gathered")
 class MoEDispatchConfig:
     """``dispatch``: blocked (prefill), grouped (prefill, fewer FLOPs), loop (prefill baseline) or gathered
     (decode). ``chunk_size``: rows per packed chunk (blocked) or per tile (grouped), or ``"auto"`` to let the
-    cost model (``cost.choose_chunk_size``) pick it for the model's routing and the prefill length."""
+    cost model (``cost.choose_chunk_size``) pick it for the model's routing and the prefill length, with expert
+    weights of ``weight_bytes`` bytes per element on the device (fp16 unless compiled with -mxfp6-matmul)."""
 
     dispatch: str = "blocked"
     num_cores: int = 16
     chunk_size: int | str = 256
+    weight_bytes: float = FP16_BYTES
 
     def __post_init__(self):
         if self.dispatch not in DISPATCHES:
@@ -45,7 +47,8 @@ class MoEDispatchConfig:
     def resolve_chunk_size(self, num_tokens: int, top_k: int, num_experts: int) -> int:
         if self.chunk_size != "auto":
             return self.chunk_size
-        return choose_chunk_size(self.dispatch, num_tokens, top_k, num_experts, self.num_cores)
+        return choose_chunk_size(self.dispatch, num_tokens, top_k, num_experts, self.num_cores,
+                                 bytes_per_weight=self.weight_bytes)
 
 
 class MoEBlock(nn.Module):

@@ -48,6 +48,9 @@ DEVICES = {
 }
 DEFAULT_DEVICE = DEVICES["ai100-pro"]
 FP16_BYTES = 2
+# -mxfp6-matmul: 6-bit elements plus one 8-bit scale per 32 (the OCP Microscaling block layout), if the compiler
+# stores weights that way; not documented to us.
+MXFP6_BYTES = (32 * 6 + 8) / 8 / 32
 
 # `auto` keeps both of these when some chunk size can (see choose_chunk_size).
 MAX_FLOPS_OVER_IDEAL = 2.0

@@ -60,6 +60,23 @@ def rows_for(setup, T, k, E):
     return rows
 
 
+def summary_table(setup):
+    """auto against the targets: <= 2x the ideal FLOPs and no more weight loads than blocked at C=256."""
+    print("| model | T | blocked C=256: x ideal, loads, ms | blocked C=T: ms | **grouped, C auto**: C, x ideal, "
+          "loads, ms | grouped, best C without auto's guards: C, x ideal, loads, ms |")
+    print("|---|---:|---|---:|---|---|")
+    for name, (E, k, H, I) in MODELS.items():
+        W = 3 * H * I
+        for T in TOKENS:
+            auto = setup.auto("grouped", T, k, E)
+            best = min(range(1, T + 1), key=lambda C: (setup.predict("grouped", T, k, E, C).seconds, C))
+            one_chunk = setup.predict("blocked", T, k, E, T, W).seconds * 1e3
+            print(f"| {name} | {T} | {cell(setup, 'blocked', T, k, E, 256, W)} | {one_chunk:.1f} | "
+                  f"C={auto}: {cell(setup, 'grouped', T, k, E, auto, W)} | "
+                  f"C={best}: {cell(setup, 'grouped', T, k, E, best, W)} |")
+    print()
+
+
 def work_table(setup):
     print("| model | T | dispatch | C | executed GFLOP | x ideal | weight loads | weight GB | "
           "predicted ms (compute + DRAM) |")
@@ -147,6 +164,7 @@ def main():
     print(f"Per MoE layer, N={a.cores} cores; cost model on {d.name}: {d.fp16_flops / 1e12:.1f} TFLOP/s fp16, "
           f"{d.dram_bytes_per_s / 1e9:.0f} GB/s DRAM ({SOURCE}); expert weights "
           f"{'MXFP6' if a.mxfp6 else 'fp16'} ({setup.weight_bytes:g} bytes each); predicted, not measured\n")
+    summary_table(setup)
     work_table(setup)
     trade_off_table(setup)
     if not a.no_graph_check:

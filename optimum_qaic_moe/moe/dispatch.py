@@ -16,15 +16,14 @@ All Python loops here unroll at export: the graph is static for one T.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Union
 
 import torch
 
 from ..ops import INT32_MAX, ctx_gather_3d, ctx_scatter_3d, ctx_scatter_3d_int
 
-
-ExpertMLP = Callable[[torch.Tensor, Union[slice, torch.Tensor]], torch.Tensor]
+ExpertMLP = Callable[[torch.Tensor, slice | torch.Tensor], torch.Tensor]
 
 
 def dense_routing_weights(topk_idx: torch.Tensor, topk_w: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -50,13 +49,13 @@ class BlockedPlan:
     num_tokens: int
 
     @classmethod
-    def make(cls, num_experts: int, num_cores: int, chunk_size: int, num_tokens: int) -> "BlockedPlan":
+    def make(cls, num_experts: int, num_cores: int, chunk_size: int, num_tokens: int) -> BlockedPlan:
         if num_cores < 1 or chunk_size < 1:
             raise ValueError(f"num_cores and chunk_size must be >= 1, got {num_cores} and {chunk_size}")
         return cls(num_experts, min(num_cores, num_experts), num_cores, min(chunk_size, num_tokens), num_tokens)
 
     @property
-    def slots(self) -> List[slice]:
+    def slots(self) -> list[slice]:
         """Expert range of each slot; the last may be shorter than num_cores."""
         n = self.num_cores
         return [slice(s, min(s + n, self.num_experts)) for s in range(0, self.num_experts, n)]

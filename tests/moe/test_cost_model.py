@@ -34,8 +34,8 @@ def test_auto_keeps_both_targets_for_long_prefills(model, T, device):
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_short_prefill_lets_the_cost_model_choose(model):
-    """T=128: one blocked chunk loads each expert once, and no tile size reaches both bounds (M > E whenever
-    T*k > E but the tile is shorter than T): auto takes the fastest tile size by the cost model."""
+    """T=128: one blocked chunk loads each expert once, and no tile size reaches both bounds (a tile shorter than
+    T gives M > E, since C <= T*k - E here; C = T runs E/k x the FLOPs): auto takes the fastest by the model."""
     E, k = MODELS[model]
     T = 128
     for C in range(1, T + 1):

@@ -94,10 +94,12 @@ class ExportSettings:
                                    help="accepted for QEfficient compatibility (always on)")
 
     num_cores: int = option(16, minimum=1, group="moe", help="NSPs the experts are dealt over, and compiled for")
-    moe_prefill_packed_chunk_size: int = option(256, minimum=1, group="moe",
-                                                help="rows per packed chunk of the blocked prefill")
-    moe_prefill_dispatch: Literal["blocked", "loop"] = option(
-        "blocked", metavar="NAME", group="moe", help="MoE prefill algorithm")
+    moe_prefill_packed_chunk_size: int | Literal["auto"] = option(
+        256, minimum=1, metavar="C", group="moe",
+        help="rows per packed chunk (blocked) or per tile (grouped); auto: chosen by the cost model")
+    moe_prefill_dispatch: Literal["blocked", "grouped", "loop"] = option(
+        "blocked", metavar="NAME", group="moe",
+        help="MoE prefill algorithm: blocked (NSP-parallel), grouped (tiles of C rows, ~2x ideal FLOPs), loop")
 
     compile: Literal["auto", "always", "never"] = option(
         "auto", group="compile", help="auto: compile if a compiler is found, else write compile.sh")

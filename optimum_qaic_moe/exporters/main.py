@@ -90,8 +90,11 @@ def graph_plan(settings: ExportSettings):
     plan = []
     for graph in settings.graphs:
         if graph == PREFILL:
+            from ..moe.cost import FP16_BYTES, MXFP6_BYTES
+
             dispatch = MoEDispatchConfig(settings.moe_prefill_dispatch, settings.num_cores,
-                                         settings.moe_prefill_packed_chunk_size)
+                                         settings.moe_prefill_packed_chunk_size,
+                                         weight_bytes=MXFP6_BYTES if settings.mxfp6_matmul else FP16_BYTES)
             plan.append(GraphSpec(graph, settings.prefill_seq_len, dispatch))
         else:
             plan.append(GraphSpec(graph, 1, MoEDispatchConfig("gathered", settings.num_cores, 1)))
@@ -254,4 +257,6 @@ def describe(spec: GraphSpec, settings: ExportSettings) -> str:
     text = f"seq_len {spec.seq_len}, MoE {d.dispatch}"
     if d.dispatch == "blocked":
         text += f", {d.num_cores} cores, chunk {d.chunk_size}"
+    elif d.dispatch == "grouped":
+        text += f", tiles of {d.chunk_size} rows"
     return text

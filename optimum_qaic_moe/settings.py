@@ -99,7 +99,7 @@ class ExportSettings:
         help="rows per packed chunk (blocked) or per tile (grouped); auto: chosen by the cost model")
     moe_prefill_dispatch: Literal["blocked", "grouped", "loop"] = option(
         "blocked", metavar="NAME", group="moe",
-        help="MoE prefill algorithm: blocked (NSP-parallel), grouped (tiles of C rows, ~2x ideal FLOPs), loop")
+        help="MoE prefill: blocked (NSP-parallel), grouped (~2x ideal FLOPs) or loop")
 
     compile: Literal["auto", "always", "never"] = option(
         "auto", group="compile", help="auto: compile if a compiler is found, else write compile.sh")

@@ -232,6 +232,23 @@ class CausalLMRunner:
                                                                 self.kv.ctx_len)
         self.pad_token_id = self.meta.get("pad_token_id") or 0
 
+    @property
+    def cache(self):
+        """The current request's KV cache, to switch between requests: ``QAICModelForCausalLM`` runs a batch
+        larger than the exported one as several groups this way. On the host it is the arrays themselves; on the
+        card it stays on the card, and only the current request can continue."""
+        if isinstance(self.kv, HostKVCache):
+            return self.kv.cache
+        return ("on the card", self.kv.request)
+
+    @cache.setter
+    def cache(self, value) -> None:
+        if isinstance(self.kv, HostKVCache):
+            self.kv.cache = value
+        elif value != ("on the card", self.kv.request):
+            raise UserError("on device='qaic' the KV cache stays on the card, so one group of prompts runs at a "
+                            f"time: export with --batch-size covering all rows (now {self.batch_size})")
+
     def reset(self) -> None:
         """Start a new request (the next prefill does this itself)."""
         self.kv.start()

@@ -124,6 +124,38 @@ def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, progress
     return traced, own, rings
 
 
+# What one traced graph may ask for, beyond which tracing and onnxruntime would run for minutes and grow without
+# end (the README documents both):
+MAX_ATTENTION_BYTES = 16 << 30  # float32 attention scores of one prefill call
+MAX_UNROLLED_CHUNKS = 4096  # MoE chunk iterations the blocked prefill unrolls per layer
+
+
+def check_graph_size(config, settings: ExportSettings) -> None:
+    """Refuse, before any tracing, shapes whose graphs could not be traced or run in reasonable time and memory."""
+    from ..moe.dispatch import BlockedPlan
+
+    tokens = settings.batch_size * settings.prefill_seq_len
+    heads = int(config.num_attention_heads)
+    scores = settings.batch_size * heads * settings.prefill_seq_len * (max(settings.ctx_lens) +
+                                                                      settings.prefill_seq_len) * 4
+    if "prefill" in settings.graphs and scores > MAX_ATTENTION_BYTES:
+        raise UserError(f"--prefill-seq-len {settings.prefill_seq_len} with --ctx-len {max(settings.ctx_lens)} needs "
+                        f"{scores / 2**30:.1f} GiB of attention scores per prefill call (batch x {heads} heads x "
+                        f"prefill_seq_len x (ctx_len + prefill_seq_len) x 4 bytes), above the "
+                        f"{MAX_ATTENTION_BYTES >> 30} GiB limit: lower --prefill-seq-len (a long prompt runs as "
+                        "several prefill calls) or --ctx-len")
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    chunk = settings.moe_prefill_packed_chunk_size
+    if "prefill" in settings.graphs and settings.moe_prefill_dispatch == "blocked" and experts and chunk != "auto":
+        plan = BlockedPlan.make(int(experts), settings.num_cores, chunk, tokens)
+        unrolled = len(plan.slots) * plan.num_chunks
+        if unrolled > MAX_UNROLLED_CHUNKS:
+            raise UserError(f"the blocked MoE prefill would unroll {unrolled} chunks per layer ({len(plan.slots)} "
+                            f"expert slots x {plan.num_chunks} chunks of {plan.chunk_size} rows), above the "
+                            f"{MAX_UNROLLED_CHUNKS} limit: raise --moe-prefill-packed-chunk-size or --num-cores, "
+                            "lower --prefill-seq-len, or use --moe-prefill-dispatch grouped")
+
+
 def sliding_window(arch, model) -> int | None:
     """The ring length of the sliding-window layers (None when every layer attends to the whole context)."""
     windows = {arch.layer_window(model, i) for i in range(len(arch.decoder_layers(model)))} - {None}
@@ -213,6 +245,7 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
     from .onnx_export import check_onnx
 
     config = load_config(model_dir, settings.trust_remote_code)
+    check_graph_size(config, settings)
     with stage(f"check the {config.model_type} checkpoint {model_dir}"):
         model, source = open_weights(model_dir, config)
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
@@ -254,9 +287,9 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
 
 def describe(spec: GraphSpec, settings: ExportSettings) -> str:
     d = spec.dispatch
-    text = f"seq_len {spec.seq_len}, MoE {d.dispatch}"
-    if d.dispatch == "blocked":
+    text = f"seq_len {spec.seq_len}, MoE {d.algorithm}"
+    if d.algorithm == "blocked":
         text += f", {d.num_cores} cores, chunk {d.chunk_size}"
-    elif d.dispatch == "grouped":
+    elif d.algorithm == "grouped":
         text += f", tiles of {d.chunk_size} rows"
     return text

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from argparse import ArgumentParser, ArgumentTypeError
+from argparse import SUPPRESS, Action, ArgumentParser, ArgumentTypeError
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
@@ -56,6 +56,28 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
                              "are replaced, all others kept. An earlier export is always replaced (atomically).")
     parser.add_argument("--no-verify", action="store_true",
                         help="Skip running the exported graphs in onnxruntime against transformers.")
+    parser.add_argument("--list-plugins", action=ListPluginsAction,
+                        help="Print the loaded plugins (distribution, version, hooks, what each registers) as JSON "
+                             "and exit.")
+
+
+class ListPluginsAction(Action):
+    """``--list-plugins``: like ``--version``, it acts and exits while parsing, so no other argument is needed."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import json
+
+        from .plugins import list_plugins
+        from .settings import UserError
+
+        try:
+            print(json.dumps(list_plugins(), indent=2))
+        except UserError as e:  # a broken plugin
+            parser.exit(2, f"error: {e}\n")
+        parser.exit(0)
 
 
 class QAICExportCommand(BaseOptimumCLICommand):

@@ -27,6 +27,13 @@ class MixtralArchitecture(Architecture):
         "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 6, "num_experts_per_tok": 2,
         "max_position_embeddings": 512, "tie_word_embeddings": False, "initializer_range": 0.1, "rms_norm_eps": 1e-5}
 
+    @property
+    def moe_returns_router_scores(self) -> bool:
+        """transformers 4.x's decoder layer unpacks (hidden, router_logits) from its MoE; 5.x's takes the hidden."""
+        import transformers
+
+        return int(transformers.__version__.split(".")[0]) < 5
+
     def mlp_of(self, hf_layer) -> nn.Module:
         return getattr(hf_layer, LEGACY_MOE) if hasattr(hf_layer, LEGACY_MOE) else hf_layer.mlp
 

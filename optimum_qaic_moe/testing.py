@@ -215,7 +215,7 @@ def _rope_as_4x(config) -> tuple[float, dict | None]:
     """(rope_theta, rope_scaling) as transformers 4.x writes them, from either line's config."""
     params = getattr(config, "rope_parameters", None)
     if params is None:
-        return config.rope_theta, config.rope_scaling
+        return config.rope_theta, getattr(config, "rope_scaling", None)  # 4.57 Mixtral has none
     scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     return params["rope_theta"], None if scaling.get("rope_type", "default") == "default" else scaling
 

@@ -20,7 +20,6 @@ CHILD = r"""
 import json, sys, time, torch, numpy as np, onnx, onnxruntime as ort
 from transformers import AutoModelForCausalLM
 from optimum_qaic_moe.plugins import get_architectures
-from optimum_qaic_moe.exporters.config import QAICCausalLMExportConfig
 from optimum_qaic_moe.moe.block import MoEDispatchConfig
 from optimum_qaic_moe.ops import QAIC_DOMAIN, onnx_functions
 from optimum_qaic_moe.exporters.onnx_export import export_onnx, check_onnx
@@ -28,10 +27,10 @@ from optimum_qaic_moe.exporters.onnx_export import export_onnx, check_onnx
 exporter, model_dir, path, seq, ctx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 arch = get_architectures()["qwen3_moe"]
-model = arch.qaic_model(hf, MoEDispatchConfig("blocked", 16, 64), ctx).eval()
-cfg = QAICCausalLMExportConfig(hf.config)
-args = cfg.example_inputs(1, seq, model.cache_lengths)
-names_in, names_out = list(cfg.inputs), list(cfg.outputs)
+model = arch.graph_module(hf, MoEDispatchConfig("blocked", 16, 64), ctx).eval()
+cfg = arch.export_config(hf.config)
+args = cfg.example_inputs(1, seq, arch.cache_lengths(hf, ctx))
+names_in, names_out = cfg.input_names(), cfg.output_names()
 t0 = time.perf_counter()
 with torch.no_grad():
     if exporter == "dynamo":
@@ -44,6 +43,8 @@ with torch.no_grad():
                                       ("CtxScatter3D", "ctx_scatter_3d"), ("CtxScatter3DInt", "ctx_scatter_3d_int"),
                                       ("CtxGather3D", "ctx_gather_3d")]:
             register_custom_op_symbolic(f"qaic::{torch_name}", symbolic(onnx_name), 18)
+        register_custom_op_symbolic("qaic::rms_norm", lambda g, x, w, eps: g.op(
+            "com.qti.aisw.onnx::CustomRMSNorm", x, w, epsilon_f=eps), 18)
         class Flat(torch.nn.Module):
             def __init__(self, m):
                 super().__init__(); self.m = m
@@ -51,10 +52,10 @@ with torch.no_grad():
                 return self.m(ids, pos, list(past))
         torch.onnx.export(Flat(model), (args[0], args[1], *args[2]), path, input_names=names_in,
                           output_names=names_out, opset_version=18, dynamo=False,
-                          custom_opsets={QAIC_DOMAIN: 1})
+                          custom_opsets={QAIC_DOMAIN: 1, "com.qti.aisw.onnx": 1})
         m = onnx.load(path)
-        used = {n.op_type for n in m.graph.node if n.domain == QAIC_DOMAIN}
-        m.functions.extend(f for f in onnx_functions(18) if f.name in used)
+        used = {(n.domain, n.op_type) for n in m.graph.node}
+        m.functions.extend(f for f in onnx_functions(18) if (f.domain, f.name) in used)
         onnx.save(m, path)
         check_onnx(path)
 seconds = time.perf_counter() - t0

@@ -1,64 +1,74 @@
-"""`optimum-cli export qaic`: argument parsing only at import time; the work happens in ``run()``."""
+"""`optimum-cli export qaic`: its options are generated from the ``ExportSettings`` fields (settings.py).
+
+Import time is argparse and plain Python only (``optimum-cli --help`` imports this module for every command);
+``run()`` imports the export pipeline.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import sys
-from argparse import SUPPRESS, Action, ArgumentParser, ArgumentTypeError
+from argparse import SUPPRESS, Action, ArgumentParser, RawDescriptionHelpFormatter
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
+from .settings import GROUPS, ExportSettings, argparse_spec, fields_by_group
 
-def _int_list(text: str):
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+DESCRIPTION = """\
+Export a Qwen3-MoE or GPT-OSS checkpoint to Qualcomm Cloud AI 100: ONNX graphs with the QAIC custom ops (a prefill
+graph with the expert-blocked, NSP-parallel MoE, and a decode graph), the compiler inputs, and the compiled
+program when qaic-compile is installed (else compile.sh). The graphs are checked in onnxruntime against
+transformers before anything is written to OUTPUT."""
+
+EPILOG = """\
+examples:
+  optimum-cli export qaic --model Qwen/Qwen3-30B-A3B --prefill-seq-len 512 --ctx-len 4096 qwen3-30b-a3b-qaic
+  optimum-cli export qaic -m ./tiny-qwen3-moe --prefill-seq-len 16 --ctx-len 128 --num-cores 4 tiny-qaic
+
+Progress lines go to stderr; TRANSFORMERS_VERBOSITY=error silences them."""
+
+FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ExportSettings))
+
+
+class _OneLineErrorParser(ArgumentParser):
+    """argparse's own errors (a bad value, a missing --model, an unknown option) as one ``error: ...`` line and
+    exit status 2, like every other error of this command, instead of a usage block."""
+
+    def error(self, message: str):
+        fail(f"{message} (see optimum-cli export qaic --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # optimum-cli's root parser would report them with its own usage block
+            flags = [s for action in self._actions for s in action.option_strings]
+            close = [m for e in extras if e.startswith("--") for m in difflib.get_close_matches(e, flags, n=1)]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return namespace, extras
+
+
+USAGE = "optimum-cli export qaic --model MODEL [options] OUTPUT"
+
+
+def _formatter(prog: str) -> RawDescriptionHelpFormatter:
+    return RawDescriptionHelpFormatter(prog, max_help_position=38)
 
 
 def parse_args_qaic(parser: ArgumentParser) -> None:
-    parser.add_argument("output", help="Directory to write the QAIC artifacts to (prefill/, decode/, qaic_config.json).")
-    parser.add_argument("--model", "-m", required=True, help="Local checkpoint directory (Qwen3-MoE or GPT-OSS).")
-    parser.add_argument("--task", default="text-generation-with-past",
-                        help="Export task (default: text-generation-with-past).")
-    parser.add_argument("--batch-size", type=int, default=1, help="Batch size of both graphs (default: 1).")
-    parser.add_argument("--prefill-seq-len", type=int, default=128,
-                        help="Tokens per prefill call; longer prompts run as successive chunks (default: 128).")
-    parser.add_argument("--ctx-len", type=_int_list, default=[1024],
-                        help="KV cache length; several comma-separated values (4096,8192) give one graph with one "
-                             "compiler specialization each (default: 1024).")
-    parser.add_argument("--num-cores", type=int, default=16,
-                        help="NSP cores: experts are dealt to this many cores in the blocked prefill, and the "
-                             "compiler uses this many (default: 16). Any value >= 1 works.")
-    parser.add_argument("--moe-prefill-packed-chunk-size", type=int, default=256,
-                        help="Rows per packed chunk in the blocked MoE prefill (default: 256).")
-    parser.add_argument("--moe-prefill-dispatch", choices=("blocked", "loop"), default="blocked",
-                        help="MoE prefill dispatch: expert-blocked NSP-parallel (default) or the per-expert loop.")
-    parser.add_argument("--prefill-only", action="store_true", help="Export only the prefill graph.")
-    parser.add_argument("--decode-only", action="store_true", help="Export only the decode graph.")
-    parser.add_argument("--enable-chunking", action="store_true",
-                        help="Accepted for QEfficient compatibility: the prefill graph always reads and writes the "
-                             "KV cache, so long prompts always run as chunks.")
-    parser.add_argument("--mxfp6-matmul", action="store_true", help="Compile matmul weights to MXFP6.")
-    parser.add_argument("--mxint8-kv-cache", action="store_true", help="Keep the KV cache in MXINT8 on device.")
-    parser.add_argument("--mos", type=int, default=None, help="Compiler -mos (maximum output split).")
-    parser.add_argument("--aic-enable-depth-first", action="store_true", help="Compiler -aic-enable-depth-first.")
-    parser.add_argument("--num-devices", type=int, default=1,
-                        help="Devices to partition the program over (default: 1).")
-    parser.add_argument("--aic-hw-version", default="ai100", choices=("ai100", "ai200"),
-                        help="Target hardware version (default: ai100).")
-    parser.add_argument("--compile", choices=("auto", "always", "never"), default="auto",
-                        help="auto: compile when qaic-compile is found, else write compile.sh; always: fail "
-                             "without a compiler; never: export only (default: auto).")
-    parser.add_argument("--compiler", default=None, help="Path to qaic-compile (default: PATH, then /opt/qti-aic/exec).")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18).")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="Export into a non-empty OUTPUT that holds no earlier export: files of the same names "
-                             "are replaced, all others kept. An earlier export is always replaced (atomically).")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="Skip running the exported graphs in onnxruntime against transformers.")
+    # optimum-cli creates the parser (add_parser with a help string only): give it our description, example,
+    # formatter and one-line errors.
+    parser.__class__ = _OneLineErrorParser
+    parser.usage, parser.description, parser.epilog, parser.formatter_class = USAGE, DESCRIPTION, EPILOG, _formatter
+    for group, fields in fields_by_group().items():
+        title, description = GROUPS[group]
+        section = parser.add_argument_group(title, description)
+        for f in fields:
+            names, kwargs = argparse_spec(f)
+            section.add_argument(*names, **kwargs)
     parser.add_argument("--list-plugins", action=ListPluginsAction,
-                        help="Print the loaded plugins (distribution, version, hooks, what each registers) as JSON "
-                             "and exit.")
+                        help="print the loaded plugins (distribution, version, hooks, what each registers) as JSON "
+                             "and exit")
 
 
 class ListPluginsAction(Action):
@@ -71,13 +81,19 @@ class ListPluginsAction(Action):
         import json
 
         from .plugins import list_plugins
-        from .settings import UserError
+        from .settings import QAICError
 
         try:
             print(json.dumps(list_plugins(), indent=2))
-        except UserError as e:  # a broken plugin
-            parser.exit(2, f"error: {e}\n")
+        except QAICError as e:  # a broken plugin
+            fail(str(e))
         parser.exit(0)
+
+
+def fail(message: str, status: int = 2):
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    print("error: " + " | ".join(lines), file=sys.stderr)
+    sys.exit(status)
 
 
 class QAICExportCommand(BaseOptimumCLICommand):
@@ -88,19 +104,21 @@ class QAICExportCommand(BaseOptimumCLICommand):
         parse_args_qaic(parser)
 
     def run(self) -> None:
-        a = self.args
-        from .settings import ExportSettings, UserError
+        from .settings import QAICError
 
-        # Option dests are the ExportSettings field names; from_dict drops argparse's own keys.
-        settings = ExportSettings.from_dict({**vars(a), "enable_chunking": True, "verify": not a.no_verify})
+        # Only the options given are in the namespace: the others take their ExportSettings defaults.
+        settings = ExportSettings(**{k: v for k, v in vars(self.args).items() if k in FIELD_NAMES})
         try:
             settings.validate()
-            from .exporters.main import main_export  # heavy: torch, transformers, onnx
+            from .logging import use_cli_verbosity
 
-            main_export(settings)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("error: interrupted; no artifacts were left that look complete", file=sys.stderr)
-            sys.exit(130)
+            use_cli_verbosity()
+            from .exporters.main import run_export  # the pipeline: torch, transformers, onnx, onnxruntime
+
+            run_export(settings)
+        except QAICError as e:
+            fail(str(e))
+        except OSError as e:  # the environment: a full disk, a read-only directory, ...
+            fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+        except KeyboardInterrupt as e:  # the compile step says what it leaves (the export is already complete)
+            fail(str(e) or "interrupted; no artifacts were left that look complete", status=130)

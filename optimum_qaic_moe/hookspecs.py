@@ -26,21 +26,26 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # (graph name, argv) per graph: what a backend runs, and what compile.sh lists
 Commands = list[tuple[str, list[str]]]
+# CompileBackend members the export calls only when present
+OPTIONAL_BACKEND_MEMBERS = ("check_settings",)
 
 
 @runtime_checkable
 class CompileBackend(Protocol):
-    """What turns an exported graph into a device program. The export calls, in this order:
+    """What turns an exported graph into a device program (``--compile-backend NAME``). The export calls, in this
+    order:
 
+    0. ``check_settings(settings)``, only if the backend has it (optional), before any export work: raise
+       ``UserError`` for settings it cannot compile;
     1. ``find_compiler(explicit)`` before any export work, unless ``--compile never``: ``explicit`` is
        ``--compiler`` (or None); return the compiler's path, or None when none is installed (raise ``UserError``
        when ``explicit`` is unusable);
     2. ``search_description()`` only when ``--compile always`` found no compiler: where it looked, for the error;
     3. ``commands(export_dir, settings, compiler)`` once the graphs are written: one ``(graph, argv)`` per graph
-       in ``settings.graphs``, argv relative to ``export_dir`` (``compile.sh`` runs them from there; with no
-       compiler found, ``compiler`` is None and argv names the usual install path); it may write the files the
-       commands read into ``export_dir``;
-    4. ``compile(output_dir, graph, argv, say=print)`` per graph, only when a compiler was found: run argv, leave
+       in ``settings.graphs``, argv relative to ``export_dir`` (``compile.sh`` runs them from there; ``compiler``
+       is the path found, else ``--compiler``, else None: then argv names the usual install path); it may write
+       the files the commands read into ``export_dir``;
+    4. ``compile(output_dir, graph, argv, say=...)`` per graph, only when a compiler was found: run argv, leave
        the program in ``output_dir/graph/qpc/`` (only when complete), report progress through ``say``, raise
        ``UserError`` carrying the compiler's message when it fails.
     """

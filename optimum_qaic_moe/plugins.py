@@ -4,7 +4,7 @@ The built-in support is plugins too: every module of ``optimum_qaic_moe.architec
 adding one needs no edit here) and the qaic-compile backend. Third-party plugins come from the entry points of
 the group ``optimum_qaic_moe``; ``OPTIMUM_QAIC_MOE_DISABLE_PLUGINS=1`` loads the built-ins only.
 
-A plugin that breaks the contract is a ``PluginError`` (a ``UserError``: one line through the CLI) naming the
+A plugin that breaks the contract is a ``PluginError`` (a ``QAICError``: one line through the CLI) naming the
 plugin and its distribution, raised when plugins load or when their hooks run: a module that fails to import, a
 hook name that no spec has (a typo would otherwise never run), hook arguments the spec lacks, two plugins
 registering one name, a registered object that does not fit.
@@ -25,7 +25,7 @@ import pluggy
 
 from . import hookspecs
 from .hookspecs import PROJECT, CompileBackend, hookimpl, hookspec  # noqa: F401 (plugins import hookimpl here)
-from .settings import UserError
+from .settings import QAICError
 
 ENTRY_POINT_GROUP = "optimum_qaic_moe"
 DISABLE_ENV = "OPTIMUM_QAIC_MOE_DISABLE_PLUGINS"
@@ -41,8 +41,8 @@ BACKEND_MEMBERS = tuple(CompileBackend.__annotations__) + tuple(
 FIX = f"fix or uninstall the plugin, or set {DISABLE_ENV}=1 to load the built-ins only"
 
 
-class PluginError(UserError):
-    """A plugin that breaks the contract of ``hookspecs.py``."""
+class PluginError(QAICError, RuntimeError):
+    """A plugin that breaks the contract of ``hookspecs.py`` (the CLI prints it as one line)."""
 
 
 class PluginManager(pluggy.PluginManager):

@@ -36,11 +36,23 @@ def read_json(path):
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory, tiny_dirs):
     """One CLI export per architecture, shared by the tests that only read it. 4 cores for 6 experts, chunk 5 for
-    prefill 8: neither divides."""
+    prefill 8: neither divides. Two context lengths, 32 and 64: one graph, two specializations."""
     root = tmp_path_factory.mktemp("exports")
     out = {}
     for arch, model in tiny_dirs.items():
-        proc = optimum_cli("export", "qaic", "--model", model, "--prefill-seq-len", 8, "--ctx-len", 64,
+        proc = optimum_cli("export", "qaic", "--model", model, "--prefill-seq-len", 8, "--ctx-len", "32,64",
                            "--num-cores", 4, "--moe-prefill-packed-chunk-size", 5, root / arch, check=True)
         out[arch] = (str(root / arch), proc)
     return out
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """{format key: directory} of tiny checkpoints in every on-disk format (tests/checkpoints), written once per
+    session (each in well under a second)."""
+    from checkpoint_helpers import FORMATS  # tests/checkpoints, on the path when its tests are collected
+
+    from optimum_qaic_moe.testing import write_checkpoint
+
+    root = tmp_path_factory.mktemp("formats")
+    return {key: write_checkpoint(mt, str(root / key), format=fmt, **kw) for key, (mt, fmt, kw) in FORMATS.items()}

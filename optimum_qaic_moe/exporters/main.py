@@ -15,30 +15,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ..logging import Steps, info, stage
 from ..settings import ExportSettings, UserError
+from ..sources import read_model_config, resolve_model_dir, save_tokenizer
 from . import publish
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json")
 PREFILL, DECODE = "prefill", "decode"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def stage(name: str):
-    t0 = time.perf_counter()
-    say(f"[qaic] {name} ...")
-    yield
-    say(f"[qaic] {name}: done in {time.perf_counter() - t0:.1f} s")
 
 
 def graph_file(export_dir: str, graph: str) -> str:
@@ -50,16 +34,7 @@ def graph_file(export_dir: str, graph: str) -> str:
 
 
 def read_model_type(model_dir: str) -> str:
-    path = os.path.join(model_dir, "config.json")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}): is this a transformers checkpoint?") from e
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if not isinstance(model_type, str) or not model_type:
-        raise UserError(f"{path} has no model_type string: is this a transformers checkpoint?")
-    return model_type
+    return read_model_config(model_dir)["model_type"]  # checked: a JSON object with a model_type string
 
 
 def resolve_architecture(model_type: str):
@@ -73,11 +48,11 @@ def resolve_architecture(model_type: str):
     return architectures[model_type]
 
 
-def load_config(model_dir: str):
+def load_config(model_dir: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(model_dir)
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises ValueError, OSError, KeyError ... for a bad config
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not read the config of {model_dir}: {first}") from e
@@ -115,8 +90,11 @@ def graph_plan(settings: ExportSettings):
     plan = []
     for graph in settings.graphs:
         if graph == PREFILL:
+            from ..moe.cost import FP16_BYTES, MXFP6_BYTES
+
             dispatch = MoEDispatchConfig(settings.moe_prefill_dispatch, settings.num_cores,
-                                         settings.moe_prefill_packed_chunk_size)
+                                         settings.moe_prefill_packed_chunk_size,
+                                         weight_bytes=MXFP6_BYTES if settings.mxfp6_matmul else FP16_BYTES)
             plan.append(GraphSpec(graph, settings.prefill_seq_len, dispatch))
         else:
             plan.append(GraphSpec(graph, 1, MoEDispatchConfig("gathered", settings.num_cores, 1)))
@@ -127,7 +105,7 @@ def rope_positions(config, settings: ExportSettings) -> int:
     return max(int(getattr(config, "max_position_embeddings", 0) or 0), max(settings.ctx_lens))
 
 
-def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec):
+def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, progress):
     """Trace one graph on the meta device; returns (TracedGraph, own data of computed parameters, windows)."""
     from .layers import move_data_off, trace
 
@@ -139,8 +117,7 @@ def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec):
     rings = [arch.layer_window(model, i) is not None for i in range(len(lengths))]
     batch = max(2, settings.batch_size) if spec.decode else settings.batch_size  # decode: batch is symbolic
     args = export_config.example_inputs(batch, spec.seq_len, lengths, device="meta")
-    traced = trace(graph, args, export_config.cache_dims(rings, spec.decode), settings.opset,
-                   progress=lambda step: say(f"[qaic]   {spec.name}: {step}"))
+    traced = trace(graph, args, export_config.cache_dims(rings, spec.decode), settings.opset, progress=progress)
     from .onnx_export import apply_io_names
 
     apply_io_names(traced.model, export_config.input_names(), export_config.output_names())
@@ -170,7 +147,7 @@ def package_versions() -> dict:
     return out
 
 
-def write_model_files(config, model_dir: str, staging: str) -> None:
+def write_model_files(config, model_dir: str, staging: str, trust_remote_code: bool) -> None:
     config.save_pretrained(staging)
     try:
         from transformers import GenerationConfig
@@ -178,16 +155,14 @@ def write_model_files(config, model_dir: str, staging: str) -> None:
         GenerationConfig.from_pretrained(model_dir).save_pretrained(staging)
     except OSError:
         pass  # no generation_config.json in the checkpoint
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(model_dir, name)):
-            shutil.copy2(os.path.join(model_dir, name), staging)
+    save_tokenizer(model_dir, staging, trust_remote_code=trust_remote_code)
 
 
 def write_qaic_config(staging: str, settings: ExportSettings, config, model_dir: str, window: int | None) -> None:
     meta = {
         "model_type": config.model_type,
         "graphs": list(settings.graphs),
-        "settings": {k: v for k, v in settings.to_dict().items() if k not in ("output", "extra")},
+        "settings": settings.recorded(),
         "ctx_lens": settings.ctx_lens,
         "sliding_window": window,
         "source_model": os.path.abspath(model_dir),
@@ -203,18 +178,20 @@ def write_qaic_config(staging: str, settings: ExportSettings, config, model_dir:
 # -- the pipeline ----------------------------------------------------------------------------------------------
 
 
-def main_export(settings: ExportSettings) -> str:
-    """Export (and verify, and compile when asked) one checkpoint. Returns the output directory."""
+def run_export(settings: ExportSettings) -> str:
+    """Export (and verify, and compile when asked) one checkpoint. Returns the output directory. The public
+    entry points are ``optimum_qaic_moe.main_export`` and ``optimum-cli export qaic``."""
     settings.validate()
-    model_type = read_model_type(settings.model)
-    arch = resolve_architecture(model_type)
+    model_dir = resolve_model_dir(settings.model, trust_remote_code=settings.trust_remote_code,
+                                  **settings.loading_options)
+    arch = resolve_architecture(read_model_type(model_dir))
 
     from .. import compiler  # resolves the compile backend before the long work, so a demand fails fast
 
     backend = compiler.resolve_backend(settings)
     target = publish.prepare(settings.output or ".", settings.overwrite)
     try:
-        commands = _export_into(target.staging, settings, arch, backend)
+        commands = _export_into(target.staging, settings, model_dir, arch, backend)
         publish.publish(target, settings.overwrite)
     except OSError as e:  # disk full, permissions, ...: the user's environment, not a bug
         publish.discard(target)
@@ -224,32 +201,34 @@ def main_export(settings: ExportSettings) -> str:
         publish.discard(target)
         raise
     output = target.output
-    say(f"[qaic] wrote {output}")
-    compiler.compile_export(output, settings, backend, commands, say=say)
+    info(f"wrote {output}")
+    compiler.compile_export(output, settings, backend, commands)
     return output
 
 
-def _export_into(staging: str, settings: ExportSettings, arch, backend):
+def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, backend):
     from .. import compiler
     from ..tensors import WeightWriter
     from .external_data import save_graph, write_weights
     from .onnx_export import check_onnx
 
-    config = load_config(settings.model)
-    with stage(f"check the {config.model_type} checkpoint {settings.model}"):
-        model, source = open_weights(settings.model, config)
+    config = load_config(model_dir, settings.trust_remote_code)
+    with stage(f"check the {config.model_type} checkpoint {model_dir}"):
+        model, source = open_weights(model_dir, config)
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     window = sliding_window(arch, model)
     plan = graph_plan(settings)
     traced, own = [], {}
+    kinds = {arch.layer_kind(model, i) for i in range(len(arch.decoder_layers(model)))}
     for spec in plan:
-        with stage(f"trace the {spec.name} graph ({describe(spec, settings)})"):
-            graph, graph_own, _ = trace_graph(arch, model, settings, spec)
+        with stage(f"trace the {spec.name} graph ({describe(spec, settings)})"), \
+                Steps(total=1 + len(kinds), desc=spec.name) as steps:  # the top-level graph, one layer per kind
+            graph, graph_own, _ = trace_graph(arch, model, settings, spec, steps)
         traced.append(graph)
         own.update(graph_own)
     with stage("write the weights (once, shared by the graphs)"):
         size = write_weights(staging, traced, WeightWriter(names, source.read, own))
-        say(f"[qaic]   {size / 2**20:.1f} MiB in weights.data")
+        info(f"  {size / 2**20:.1f} MiB in weights.data")
     export_config = arch.export_config(config, task=settings.task)
     for spec, graph in zip(plan, traced):
         path = graph_file(staging, spec.name)
@@ -262,14 +241,14 @@ def _export_into(staging: str, settings: ExportSettings, arch, backend):
                                             settings.ctx_lens, window, spec.decode)
         export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
     del traced, own
-    write_model_files(config, settings.model, staging)
+    write_model_files(config, model_dir, staging, settings.trust_remote_code)
     commands = compiler.write_compile_files(staging, settings, backend)
-    write_qaic_config(staging, settings, config, settings.model, window)
+    write_qaic_config(staging, settings, config, model_dir, window)
     if settings.verify:
         from .verify import verify_export
 
         with stage("verify in onnxruntime (fp32 and fp16) against transformers"):
-            verify_export(staging, model, source, settings, say)
+            verify_export(staging, model, source, settings)
     return commands
 
 
@@ -278,4 +257,6 @@ def describe(spec: GraphSpec, settings: ExportSettings) -> str:
     text = f"seq_len {spec.seq_len}, MoE {d.dispatch}"
     if d.dispatch == "blocked":
         text += f", {d.num_cores} cores, chunk {d.chunk_size}"
+    elif d.dispatch == "grouped":
+        text += f", tiles of {d.chunk_size} rows"
     return text

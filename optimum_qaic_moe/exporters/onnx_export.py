@@ -23,6 +23,8 @@ import tempfile
 import warnings
 from typing import Any, Callable, Iterable, Sequence
 
+from ..settings import QAICError
+
 __all__ = ["ExportCheckError", "export_onnx", "check_onnx", "EXTERNAL_DATA_THRESHOLD"]
 
 # Initializer bytes above which weights go to one external file `<name>.data` next to the model. The
@@ -34,7 +36,7 @@ EXTERNAL_DATA_THRESHOLD = 1536 * 1024 * 1024
 _NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration",)
 
 
-class ExportCheckError(RuntimeError):
+class ExportCheckError(QAICError, RuntimeError):
     """The ONNX export failed, or the exported model failed a post-export check."""
 
 
@@ -299,7 +301,6 @@ def export_onnx(
 
     Raises ExportCheckError if the export or any check fails; nothing is then left at ``output_path``.
     """
-    import torch
     import onnx_ir as ir
 
     from optimum_qaic_moe.ops import translation_table

@@ -16,6 +16,7 @@ from typing import List
 
 import numpy as np
 
+from ..logging import info, progress
 from ..settings import ExportSettings, UserError
 
 RELATIVE_TOLERANCE = 1e-4  # of the logits' scale; fp32 round-off through a full model is ~1e-6
@@ -34,15 +35,18 @@ def prompt_for(settings: ExportSettings, vocab_size: int, decode_steps: int = 3,
     return np.random.default_rng(seed).integers(0, vocab_size, size=(settings.batch_size, n)).astype(np.int64)
 
 
-def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: List[np.ndarray] = None) -> Run:
+def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: List[np.ndarray] = None, desc: str = "") -> Run:
     """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given."""
-    logits = [runner.prefill(prompt)]
-    fed, position = [], prompt.shape[1]
-    for step in range(steps):
-        token = logits[-1].argmax(-1) if tokens is None else tokens[step]
-        fed.append(token)
-        logits.append(runner.decode(token, np.full(len(token), position)))
-        position += 1
+    with progress(total=1 + steps, desc=desc or "run", unit="call") as bar:
+        logits = [runner.prefill(prompt)]
+        bar.update(1)
+        fed, position = [], prompt.shape[1]
+        for step in range(steps):
+            token = logits[-1].argmax(-1) if tokens is None else tokens[step]
+            fed.append(token)
+            logits.append(runner.decode(token, np.full(len(token), position)))
+            position += 1
+            bar.update(1)
     return Run(logits, fed)
 
 
@@ -50,7 +54,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
 
 
-def verify_export(export_dir: str, model, source, settings: ExportSettings, say) -> dict:
+def verify_export(export_dir: str, model, source, settings: ExportSettings) -> dict:
     from ..plugins import get_architectures
     from ..runtime.session import CausalLMRunner
     from .fp16 import emulate_fp16
@@ -60,14 +64,14 @@ def verify_export(export_dir: str, model, source, settings: ExportSettings, say)
     prompt = prompt_for(settings, model.config.vocab_size)
     steps = 3 if "decode" in settings.graphs and prompt.shape[1] + 3 <= min(settings.ctx_lens) else 0
     ctx = min(settings.ctx_lens)
-    fp32 = run_graphs(CausalLMRunner(export_dir, low_memory=True, ctx_len=ctx), prompt, steps)
+    fp32 = run_graphs(CausalLMRunner(export_dir, low_memory=True, ctx_len=ctx), prompt, steps, desc="verify fp32")
 
     fp16_files = {g: graph_file(export_dir, g + ".fp16") for g in settings.graphs}
     try:
         for graph, path in fp16_files.items():
             emulate_fp16(graph_file(export_dir, graph), path)
         fp16 = run_graphs(CausalLMRunner(export_dir, low_memory=True, ctx_len=ctx, graph_files=fp16_files), prompt,
-                          steps, fp32.tokens)
+                          steps, fp32.tokens, desc="verify fp16")
     finally:
         for path in fp16_files.values():
             if os.path.exists(path):
@@ -82,9 +86,9 @@ def verify_export(export_dir: str, model, source, settings: ExportSettings, say)
     finite = all(np.isfinite(x).all() for x in fp16.logits)
     worst16 = max(relative(a, b) for a, b in zip(fp16.logits, fp32.logits)) if finite else float("inf")
     agree = [bool((a.argmax(-1) == b.argmax(-1)).all()) for a, b in zip(fp16.logits, fp32.logits)]
-    say(f"[qaic] verify: prompt of {n} tokens + {steps} decode steps, max |logits - transformers| = {worst:.2e} of "
+    info(f"verify: prompt of {n} tokens + {steps} decode steps, max |logits - transformers| = {worst:.2e} of "
         f"the logits' scale")
-    say(f"[qaic] verify fp16 (as -convert-to-fp16 runs it): {'finite' if finite else 'NOT FINITE'}, max |fp16 - "
+    info(f"verify fp16 (as -convert-to-fp16 runs it): {'finite' if finite else 'NOT FINITE'}, max |fp16 - "
         f"fp32| = {worst16:.2e} of the logits' scale, greedy tokens agree at {sum(agree)}/{len(agree)} steps")
     if not worst <= RELATIVE_TOLERANCE:
         raise UserError(f"verification failed: onnxruntime logits differ from transformers by {worst:.2e} "

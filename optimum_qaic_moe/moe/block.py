@@ -10,26 +10,46 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .dispatch import BlockedPlan, blocked_moe_forward, gathered_moe_forward, loop_moe_forward
+from .cost import FP16_BYTES, choose_chunk_size
+from .dispatch import (
+    BlockedPlan,
+    GroupedPlan,
+    blocked_moe_forward,
+    gathered_moe_forward,
+    grouped_moe_forward,
+    loop_moe_forward,
+)
 
 logger = logging.getLogger(__name__)
 
-DISPATCHES = ("blocked", "loop", "gathered")
+DISPATCHES = ("blocked", "grouped", "loop", "gathered")
 
 
 @dataclass(frozen=True)
 class MoEDispatchConfig:
-    """``dispatch``: blocked (prefill), loop (prefill baseline) or gathered (decode)."""
+    """``dispatch``: blocked (prefill), grouped (prefill, fewer FLOPs), loop (prefill baseline) or gathered
+    (decode). ``chunk_size``: rows per packed chunk (blocked) or per tile (grouped), or ``"auto"`` to let the
+    cost model (``cost.choose_chunk_size``) pick it for the model's routing and the prefill length, with expert
+    weights of ``weight_bytes`` bytes per element on the device (fp16 unless compiled with -mxfp6-matmul)."""
 
     dispatch: str = "blocked"
     num_cores: int = 16
-    chunk_size: int = 256
+    chunk_size: int | str = 256
+    weight_bytes: float = FP16_BYTES
 
     def __post_init__(self):
         if self.dispatch not in DISPATCHES:
             raise ValueError(f"dispatch must be one of {DISPATCHES}, got {self.dispatch!r}")
-        if self.num_cores < 1 or self.chunk_size < 1:
-            raise ValueError(f"num_cores and chunk_size must be >= 1, got {self.num_cores}, {self.chunk_size}")
+        auto = self.chunk_size == "auto"
+        if self.num_cores < 1 or not (auto or (isinstance(self.chunk_size, int) and self.chunk_size >= 1)):
+            raise ValueError(f"num_cores must be >= 1 and chunk_size >= 1 or 'auto', got {self.num_cores}, "
+                             f"{self.chunk_size!r}")
+
+    def resolve_chunk_size(self, num_tokens: int, top_k: int, num_experts: int) -> int:
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        return choose_chunk_size(self.dispatch, num_tokens, top_k, num_experts, self.num_cores,
+                                 bytes_per_weight=self.weight_bytes)
 
 
 class MoEBlock(nn.Module):
@@ -56,10 +76,14 @@ class MoEBlock(nn.Module):
         x = hidden_states.reshape(B * S, H)
         topk_idx, topk_w = self.router(x)
         cfg = self.config
+        if cfg.dispatch in ("blocked", "grouped"):
+            chunk = cfg.resolve_chunk_size(B * S, topk_idx.shape[1], self.num_experts)
         if cfg.dispatch == "blocked":
-            self._describe_once(B * S)
-            out = blocked_moe_forward(x, topk_idx, topk_w, self.experts, self.num_experts, cfg.num_cores,
-                                      cfg.chunk_size)
+            self._describe_once(BlockedPlan.make(self.num_experts, cfg.num_cores, chunk, B * S), chunk)
+            out = blocked_moe_forward(x, topk_idx, topk_w, self.experts, self.num_experts, cfg.num_cores, chunk)
+        elif cfg.dispatch == "grouped":
+            self._describe_once(GroupedPlan.make(self.num_experts, topk_idx.shape[1], chunk, B * S), chunk)
+            out = grouped_moe_forward(x, topk_idx, topk_w, self.experts, self.num_experts, chunk)
         elif cfg.dispatch == "loop":
             out = loop_moe_forward(x, topk_idx, topk_w, self.experts, self.num_experts)
         else:
@@ -69,12 +93,13 @@ class MoEBlock(nn.Module):
             out = out + (shared if self.shared_gate is None else torch.sigmoid(self.shared_gate(x)) * shared)
         return out.reshape(B, S, H)
 
-    def _describe_once(self, num_tokens: int) -> None:
-        plan = BlockedPlan.make(self.num_experts, self.config.num_cores, self.config.chunk_size, num_tokens)
+    def _describe_once(self, plan, chunk: int) -> None:
         text = plan.describe()
+        if self.config.chunk_size == "auto":
+            text = "; ".join(filter(None, [f"chunk size auto = {chunk} (cost model)", text]))
         if text and text not in _DESCRIBED:
             _DESCRIBED.add(text)
-            logger.warning("blocked MoE prefill: %s", text)
+            logger.warning("%s MoE prefill: %s", self.config.dispatch, text)
 
 
 _DESCRIBED: set = set()  # one line per distinct split per process, not one per layer

@@ -36,14 +36,20 @@ class GatedExperts(nn.Module):
         return self.gate.shape[0]
 
     def forward(self, x: torch.Tensor, experts: Union[slice, torch.Tensor]) -> torch.Tensor:
-        gate = _affine(x, self.gate[experts], self.gate_bias, experts)  # [G, R, I]
-        up = _affine(x, self.up[experts], self.up_bias, experts)
-        return _affine(self.activation(gate, up), self.down[experts], self.down_bias, experts)  # [G, R, H]
+        gate = _affine(x, self.gate, self.gate_bias, experts)  # [G, R, I]
+        up = _affine(x, self.up, self.up_bias, experts)
+        return _affine(self.activation(gate, up), self.down, self.down_bias, experts)  # [G, R, H]
+
+
+def _pick(weight: torch.Tensor, experts: Union[slice, torch.Tensor]) -> torch.Tensor:
+    # index_select, not weight[tensor]: one Gather in the graph, where advanced indexing may export as
+    # Transpose + GatherND + Transpose
+    return weight[experts] if isinstance(experts, slice) else weight.index_select(0, experts)
 
 
 def _affine(x, weight, bias, experts):
-    out = torch.matmul(x, weight)
-    return out if bias is None else out + bias[experts].unsqueeze(1)
+    out = torch.matmul(x, _pick(weight, experts))
+    return out if bias is None else out + _pick(bias, experts).unsqueeze(1)
 
 
 class Linear(nn.Module):

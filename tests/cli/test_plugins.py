@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
+from conftest import optimum_cli, read_json
 
-from conftest import optimum_cli
 from optimum_qaic_moe import plugins
 
 PLUGIN_SETUP = """
@@ -19,6 +19,7 @@ setup(name="qaic-demo-plugin", version="0.1", py_modules=["qaic_demo_plugin"],
       entry_points={"optimum_qaic_moe": ["demo = qaic_demo_plugin"]})
 """
 PLUGIN_MODULE = """
+import os
 import sys
 from optimum_qaic_moe.architectures.qwen3_moe import Qwen3MoeArchitecture
 from optimum_qaic_moe.plugins import hookimpl
@@ -32,6 +33,29 @@ class DemoArchitecture(Qwen3MoeArchitecture):
 def register_architectures(register):
     print("demo plugin: register_architectures called", file=sys.stderr)
     register(DemoArchitecture())
+
+
+class DemoBackend:
+    name = "demo-backend"
+
+    def search_description(self):
+        return "the demo backend needs no compiler"
+
+    def find_compiler(self, explicit):
+        return sys.executable
+
+    def commands(self, output_dir, settings, compiler):
+        return [(graph, [compiler, "-c", "pass"]) for graph in settings.graphs]
+
+    def compile(self, output_dir, graph, argv, say):
+        with open(os.path.join(output_dir, graph, "demo-compiled.txt"), "w") as f:
+            f.write(" ".join(argv[1:]))
+        say(f"demo-backend compiled {graph}")
+
+
+@hookimpl
+def register_compile_backends(register):
+    register(DemoBackend())
 """
 
 
@@ -88,6 +112,19 @@ def test_third_party_plugin_hook_is_called_by_the_cli(tmp_path, plugin_path):
     assert "demo_moe" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_cli_compiles_with_a_backend_registered_by_a_plugin(tmp_path, tiny_dirs, plugin_path):
+    env = _env(plugin_path)
+    out = tmp_path / "out"
+    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], "--prefill-seq-len", 4, "--ctx-len", 16,
+                       "--num-cores", 2, "--decode-only", "--no-verify", "--compile", "always",
+                       "--compile-backend", "demo-backend", out, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "decode" / "demo-compiled.txt").read_text() == "-c pass"
+    assert "[qaic] demo-backend compiled decode" in proc.stderr
+    assert read_json(out / "qaic_config.json")["settings"]["compile_backend"] == "demo-backend"
+
+
 @pytest.mark.slow  # an optimum-cli process
 def test_list_plugins_shows_each_plugin_with_its_distribution(plugin_path):
     proc = optimum_cli("export", "qaic", "--list-plugins", env=_env(plugin_path))
@@ -95,8 +132,9 @@ def test_list_plugins_shows_each_plugin_with_its_distribution(plugin_path):
     listed = json.loads(proc.stdout)
     assert [p["name"] for p in listed] == [*plugins.builtin_plugins(), "demo"]  # built-ins first
     assert listed[-1] == {"name": "demo", "distribution": "qaic-demo-plugin", "version": "0.1",
-                          "hooks": ["register_architectures"], "architectures": ["demo_moe"]}
+                          "hooks": ["register_architectures", "register_compile_backends"],
+                          "architectures": ["demo_moe"], "compile_backends": ["demo-backend"]}
     assert {p["distribution"] for p in listed[:-1]} == {"optimum-qaic-moe"}
     assert sorted(a for p in listed for a in p.get("architectures", [])) == [
         "demo_moe", "gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe"]
-    assert [b for p in listed for b in p.get("compile_backends", [])] == ["qaic-compile"]
+    assert [b for p in listed for b in p.get("compile_backends", [])] == ["qaic-compile", "demo-backend"]

@@ -1,40 +1,25 @@
-"""The compile step. The QAIC compiler (qaic-compile, from the proprietary platform SDK) cannot be installed on
-this machine, so these tests use a stand-in executable: it records its argv and writes programqpc.bin where
--aic-binary-dir points, as the real one does. Everything around it is real: the CLI, the exact command, the
-files the compiler reads, the cache, compile.sh."""
+"""The compile step through `optimum-cli`. The QAIC compiler (qaic-compile, from the proprietary platform SDK)
+cannot be installed on this machine, so these tests use a stand-in executable (tests/standins/qaic_compile.py):
+it records its argv, prints progress lines and writes programqpc.bin where -aic-binary-dir points, as the real
+one does. Everything around it is real: the CLI, the exact command, the files the compiler reads, the cache,
+compile.sh."""
 
 import json
 import os
-import stat
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import optimum_cli
+from conftest import BIN, optimum_cli
+from standins import install_tool
 
-STAND_IN = """#!/usr/bin/env python3
-import json, os, sys
-log = os.environ["STANDIN_LOG"]
-with open(log, "a") as f:
-    f.write(json.dumps({"argv": sys.argv, "cwd": os.getcwd()}) + "\\n")
-args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-for key in ("-m", "-network-specialization-config", "-custom-IO-list-file"):
-    assert os.path.isfile(args[key]), args[key]
-if os.environ.get("STANDIN_FAIL"):
-    print("error: unsupported operator CtxFrobnicate in graph", file=sys.stderr)
-    sys.exit(3)
-out = args["-aic-binary-dir"]
-os.makedirs(out, exist_ok=True)
-open(os.path.join(out, "programqpc.bin"), "wb").write(b"stand-in qpc")
-"""
+pytestmark = pytest.mark.slow  # every test here starts optimum-cli, most export: 10 to 60 s each
 
 
 def make_stand_in(tmp_path, name="qaic-compile"):
-    path = tmp_path / "bin" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(STAND_IN)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return path
+    return Path(install_tool(tmp_path / "bin", name))
 
 
 def calls(log):
@@ -54,13 +39,18 @@ def export(tiny_dirs, out, *extra, env=None):
 def test_compile_always_runs_the_exact_command_once_per_graph(tmp_path, tiny_dirs, env):
     compiler = make_stand_in(tmp_path)
     out = tmp_path / "out"
+    precision = tmp_path / "precision.yaml"
+    precision.write_text("FP32NodeInstanceNames:\n  - /norm/Mul\n")
+    options = ("--compiler-option=-sub-functions", f"--compiler-option=-node-precision-info={precision}",
+               "--compiler-option=-user-tiled")
     proc = export(tiny_dirs, out, "--compile", "always", "--compiler", compiler, "--mxfp6-matmul", "--mos", 2,
-                  "--aic-enable-depth-first", env=env)
+                  "--aic-enable-depth-first", *options, env=env)
     assert proc.returncode == 0, proc.stderr
     recorded = calls(env["STANDIN_LOG"])
-    assert [c["argv"][1:] for c in recorded][0][:-1] == [
+    assert recorded[0]["argv"][1:-1] == [
         "-aic-hw", "-aic-hw-version=ai100", "-m=prefill.onnx", "-retained-state", "-convert-to-fp16",
-        "-aic-num-cores=3", "-mxfp6-matmul", "-mos=2", "-aic-enable-depth-first",
+        "-aic-num-cores=3", "-mxfp6-matmul", "-mos=2", "-aic-enable-depth-first", "-sub-functions",
+        f"-node-precision-info={precision}", "-user-tiled",
         "-network-specialization-config=prefill/specializations.json",
         "-custom-IO-list-file=prefill/custom_io.yaml"]
     assert recorded[0]["argv"][-1].startswith("-aic-binary-dir=")  # compiled in the cache, then copied
@@ -72,9 +62,12 @@ def test_compile_always_runs_the_exact_command_once_per_graph(tmp_path, tiny_dir
     assert f"{compiler} -aic-hw -aic-hw-version=ai100 -m=prefill.onnx" in script
     assert "-aic-binary-dir=prefill/qpc" in script
 
+    # The compiler's own output is passed on, line by line, tagged with the graph.
+    assert "[qaic]   prefill: stand-in qaic-compile: reading prefill.onnx (1 specialization(s))" in proc.stderr
+
     # An identical second export compiles nothing: the cache answers.
     proc = export(tiny_dirs, tmp_path / "again", "--compile", "always", "--compiler", compiler, "--mxfp6-matmul",
-                  "--mos", 2, "--aic-enable-depth-first", env=env)
+                  "--mos", 2, "--aic-enable-depth-first", *options, env=env)
     assert proc.returncode == 0, proc.stderr
     assert len(calls(env["STANDIN_LOG"])) == 2
     assert "cached" in proc.stderr
@@ -129,3 +122,53 @@ def test_compile_never_skips_the_compiler(tmp_path, tiny_dirs, env):
     assert proc.returncode == 0, proc.stderr
     assert calls(env["STANDIN_LOG"]) == []
     assert "not compiled (--compile never)" in proc.stderr
+
+
+def _run_until(proc, text, seen):
+    """Read the CLI's stderr line by line until ``text`` appears (the compiler is then still running)."""
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError("".join(seen))
+
+
+def test_compiler_output_streams_while_it_runs(tmp_path, tiny_dirs, env):
+    """The stand-in prints a line, then blocks until we answer: we can only answer if the line reached us
+    while the compiler was still running."""
+    go = tmp_path / "go"
+    argv = [os.path.join(BIN, "optimum-cli"), "export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len",
+            "4", "--ctx-len", "16", "--num-cores", "2", "--no-verify", "--decode-only", "--compile", "always",
+            "--compiler", str(make_stand_in(tmp_path)), str(tmp_path / "out")]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **env, STANDIN_WAIT_FOR=str(go)))
+    seen = []
+    _run_until(proc, "decode: stand-in qaic-compile: waiting", seen)
+    go.touch()
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, "".join(seen) + rest
+    assert (tmp_path / "out" / "decode" / "qpc" / "programqpc.bin").exists()
+
+
+def test_interrupt_during_compile_keeps_the_export_and_leaves_no_work_dir(tmp_path, tiny_dirs, env):
+    argv = [os.path.join(BIN, "optimum-cli"), "export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len",
+            "4", "--ctx-len", "16", "--num-cores", "2", "--no-verify", "--compile", "always",
+            "--compiler", str(make_stand_in(tmp_path)), str(tmp_path / "out")]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **env, STANDIN_WAIT_FOR=str(tmp_path / "never")))
+    seen = []
+    _run_until(proc, "prefill: stand-in qaic-compile: waiting", seen)
+    proc.send_signal(signal.SIGINT)  # to the CLI only, as `kill -INT` would
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    last = rest.strip().splitlines()[-1]
+    out = tmp_path / "out"
+    assert last == (f"error: interrupted while compiling; the export in {out} is complete, but graphs without a "
+                    f"qpc/ are not compiled: run bash {out}/compile.sh")
+    assert "Traceback" not in rest and "no artifacts were left" not in rest
+    assert (out / "qaic_config.json").exists() and (out / "prefill.onnx").exists()
+    assert sorted(p.name for p in (out / "prefill").iterdir()) == ["custom_io.yaml", "specializations.json"]
+    assert os.listdir(env["OPTIMUM_QAIC_MOE_CACHE"]) == []  # the compiler's work dir is gone
+    compiler_pid = calls(env["STANDIN_LOG"])[0]["pid"]
+    with pytest.raises(ProcessLookupError):  # and the compiler itself was stopped
+        os.kill(compiler_pid, 0)

@@ -11,7 +11,7 @@ import torch
 
 from optimum_qaic_moe.architectures import base
 from optimum_qaic_moe.exporters.fp16 import emulate_fp16
-from optimum_qaic_moe.exporters.main import main_export
+from optimum_qaic_moe.exporters.main import run_export
 from optimum_qaic_moe.exporters.verify import prompt_for, run_graphs
 from optimum_qaic_moe.ops import INT32_MAX, ctx_gather, ctx_scatter
 from optimum_qaic_moe.runtime.session import CausalLMRunner
@@ -75,7 +75,7 @@ def test_emulation_catches_the_earlier_mask_floor(tiny_dirs, tmp_path, monkeypat
     arch = "qwen3_moe"
     monkeypatch.setattr(base, "kv_cache_attention", earlier_attention)
     settings = _settings(tiny_dirs[arch], tmp_path / "earlier", verify=False)
-    out = main_export(settings)
+    out = run_export(settings)
     prompt = prompt_for(settings, 90)  # 13 tokens: the second chunk of 8 is padded
     fp32 = run_graphs(CausalLMRunner(out, low_memory=True), prompt, 2)
     assert all(np.isfinite(x).all() for x in fp32.logits)
@@ -83,7 +83,7 @@ def test_emulation_catches_the_earlier_mask_floor(tiny_dirs, tmp_path, monkeypat
     assert not all(np.isfinite(x).all() for x in fp16.logits)
     # the built-in verification refuses such an export
     with pytest.raises(UserError, match="non-finite logits when run in fp16"):
-        main_export(_settings(tiny_dirs[arch], tmp_path / "earlier-verified", verify=True))
+        run_export(_settings(tiny_dirs[arch], tmp_path / "earlier-verified", verify=True))
 
 
 def test_garbage_in_empty_cache_slots_does_not_reach_valid_rows(exports):
@@ -92,8 +92,8 @@ def test_garbage_in_empty_cache_slots_does_not_reach_valid_rows(exports):
         runner = CausalLMRunner(out, low_memory=True)
         prompt = np.arange(4, 17)[None]
         clean = runner.prefill(prompt)
-        runner.reset = lambda: setattr(runner, "cache", {n: np.full(s, np.nan, np.float32)
-                                                         for n, s in runner.cache_shapes.items()})
+        kv = runner.kv
+        kv.start = lambda: setattr(kv, "cache", {n: np.full(s, np.nan, np.float32) for n, s in kv.cache_shapes.items()})
         dirty = runner.prefill(prompt)
         np.testing.assert_array_equal(dirty, clean)
         nxt = clean.argmax(-1)

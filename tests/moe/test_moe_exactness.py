@@ -1,6 +1,7 @@
 """The rewritten MoE block equals the transformers MoE module itself, at fp32 round-off, in eager and exported
-(onnxruntime) form, over core counts that do and do not divide the expert count, chunk sizes that do and do
-not divide the token count, and both transformers layouts (CI runs 4.57 and 5.x)."""
+(onnxruntime) form, over core counts that do and do not divide the expert count, chunk (blocked) and tile
+(grouped) sizes that do and do not divide the token count, and both transformers layouts (CI runs 4.57 and
+5.x)."""
 
 import itertools
 
@@ -61,6 +62,20 @@ def test_blocked_grid_eager(block):
     print(f"worst relative error {worst:.2e}")
 
 
+def test_grouped_grid_eager(block):
+    """Tile sizes 1, 7, T, 2T and auto (the cost model's pick depends on the core count, so auto runs over all)."""
+    arch, model, hf = block
+    torch.manual_seed(4)
+    for B, S in itertools.product(BATCHES, SEQ_LENS):
+        x = torch.randn(B, S, model.config.hidden_size)
+        ref = reference(hf, x)
+        configs = [(4, C) for C in chunk_sizes(B * S)] + [(N, "auto") for N in CORES]
+        for N, C in configs:
+            with torch.no_grad():
+                out = arch.moe_block(hf, model.config, MoEDispatchConfig("grouped", N, C))(x)
+            assert rel_err(out, ref) <= TOL, (B, S, N, C)
+
+
 @pytest.mark.parametrize("dispatch", ["loop", "gathered"])
 def test_loop_and_gathered_eager(block, dispatch):
     arch, model, hf = block
@@ -93,6 +108,26 @@ def test_blocked_exported(block, tmp_path, case):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {"hidden_states": x.numpy()})[0]
     assert rel_err(out, reference(hf, x)) <= TOL
+
+
+# Grouped: one batched MLP whatever the tile count, so the export is quick; each kind of tile size (1, one that
+# does not divide T, T, 2T, auto) and each input shape at least once.
+GROUPED_EXPORT_CASES = [  # (batch, seq, tile rows)
+    (1, 1, 1), (2, 1, "auto"), (1, 5, 1), (2, 5, 3), (1, 5, 7), (2, 5, 20),
+    (1, 64, 7), (2, 64, 33), (1, 64, 64), (2, 64, "auto"),
+]
+
+
+@pytest.mark.parametrize("case", GROUPED_EXPORT_CASES, ids=lambda c: "B{}-S{}-C{}".format(*c))
+def test_grouped_exported(block, tmp_path, case):
+    arch, model, hf = block
+    B, S, C = case
+    torch.manual_seed(5)
+    x = torch.randn(B, S, model.config.hidden_size)
+    qblock = arch.moe_block(hf, model.config, MoEDispatchConfig("grouped", 4, C))
+    path = export_onnx(qblock, (x,), tmp_path / "moe.onnx", ["hidden_states"], ["out"])
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"hidden_states": x.numpy()})
+    assert rel_err(out[0], reference(hf, x)) <= TOL
 
 
 def test_gathered_exported(block, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
-from argparse import ArgumentParser, RawDescriptionHelpFormatter
+from argparse import SUPPRESS, Action, ArgumentParser, RawDescriptionHelpFormatter
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
@@ -66,6 +66,28 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
         for f in fields:
             names, kwargs = argparse_spec(f)
             section.add_argument(*names, **kwargs)
+    parser.add_argument("--list-plugins", action=ListPluginsAction,
+                        help="print the loaded plugins (distribution, version, hooks, what each registers) as JSON "
+                             "and exit")
+
+
+class ListPluginsAction(Action):
+    """``--list-plugins``: like ``--version``, it acts and exits while parsing, so no other argument is needed."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import json
+
+        from .plugins import list_plugins
+        from .settings import QAICError
+
+        try:
+            print(json.dumps(list_plugins(), indent=2))
+        except QAICError as e:  # a broken plugin
+            fail(str(e))
+        parser.exit(0)
 
 
 def fail(message: str, status: int = 2):

@@ -9,7 +9,8 @@ Used by the tests, the examples and the README quickstart (the model hub is not 
 Formats (``--format``): ``fp32`` (default) is the installed transformers' own ``save_pretrained``; ``hub`` is the
 Hub releases' on-disk format (Qwen3-MoE: bf16 in 4 shards with per-expert names and Qwen/Qwen3-*'s config.json
 fields; gpt-oss: MXFP4 experts, bf16 elsewhere, shards, openai/gpt-oss-*'s config.json with its
-quantization_config) at the Hub models' knobs (``HUB_OVERRIDES``); ``bf16`` is ``save_pretrained`` in bf16, in
+quantization_config; Mixtral and Qwen2-MoE: bf16 shards with per-expert names and the config.json fields of
+mistralai/Mixtral-8x7B-v0.1 and Qwen/Qwen1.5-MoE-A2.7B) at the Hub models' knobs (``HUB_OVERRIDES``); ``bf16`` is ``save_pretrained`` in bf16, in
 shards (gpt-oss's dequantized releases); ``fused`` is what transformers 5 writes with
 ``save_pretrained(save_original_format=False)``: fused experts and a 5.x config.json.
 """
@@ -97,6 +98,13 @@ HUB_OVERRIDES = {
                   "mlp_only_layers": [1], "moe_intermediate_size": 8, "rope_theta": 1e6},
     "gpt_oss": {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "num_local_experts": 8, "num_experts_per_tok": 4},
+    # Mixtral-8x7B: 8 experts top-2, 4 query heads per KV head, rope_theta 1e6, no sliding window
+    "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
+                "router_aux_loss_coef": 0.02},
+    # Qwen1.5-MoE-A2.7B: 60 experts top-4, not renormalized, a shared expert 4x an expert's width, no GQA, a
+    # sliding_window that use_sliding_window leaves off
+    "qwen2_moe": {"num_experts": 60, "num_experts_per_tok": 4, "norm_topk_prob": False, "moe_intermediate_size": 8,
+                  "shared_expert_intermediate_size": 32, "num_key_value_heads": 4, "rope_theta": 1e6},
 }
 
 # The fields of the Hub releases' config.json (Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B carry the same list;
@@ -117,6 +125,19 @@ HUB_CONFIG_FIELDS = {
                 "pad_token_id", "quantization_config", "rms_norm_eps", "rope_scaling", "rope_theta",
                 "router_aux_loss_coef", "sliding_window", "swiglu_limit", "tie_word_embeddings",
                 "transformers_version", "use_cache", "vocab_size"),
+    "mixtral": ("architectures", "attention_dropout", "bos_token_id", "eos_token_id", "hidden_act", "hidden_size",
+                "initializer_range", "intermediate_size", "max_position_embeddings", "model_type",
+                "num_attention_heads", "num_experts_per_tok", "num_hidden_layers", "num_key_value_heads",
+                "num_local_experts", "output_router_logits", "rms_norm_eps", "rope_theta", "router_aux_loss_coef",
+                "sliding_window", "tie_word_embeddings", "torch_dtype", "transformers_version", "use_cache",
+                "vocab_size"),
+    "qwen2_moe": ("architectures", "attention_dropout", "bos_token_id", "eos_token_id", "hidden_act", "hidden_size",
+                  "initializer_range", "intermediate_size", "max_position_embeddings", "max_window_layers",
+                  "model_type", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "rms_norm_eps",
+                  "rope_theta", "sliding_window", "tie_word_embeddings", "torch_dtype", "transformers_version",
+                  "use_cache", "use_sliding_window", "vocab_size", "decoder_sparse_step", "moe_intermediate_size",
+                  "shared_expert_intermediate_size", "num_experts_per_tok", "num_experts", "norm_topk_prob",
+                  "output_router_logits", "router_aux_loss_coef"),
 }
 HUB_CONFIG_VALUES = {
     "qwen3_moe": {"torch_dtype": "bfloat16", "transformers_version": "4.51.0"},
@@ -125,8 +146,11 @@ HUB_CONFIG_VALUES = {
                 "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
                                                                    "model.embed_tokens", "lm_head"],
                                         "quant_method": "mxfp4"}},
+    "mixtral": {"torch_dtype": "bfloat16", "transformers_version": "4.36.0.dev0", "sliding_window": None},
+    "qwen2_moe": {"torch_dtype": "bfloat16", "transformers_version": "4.39.0.dev0", "sliding_window": 32768,
+                  "use_sliding_window": False},
 }
-HUB_NUM_SHARDS = {"qwen3_moe": 4, "gpt_oss": 3}
+HUB_NUM_SHARDS = {"qwen3_moe": 4, "gpt_oss": 3, "mixtral": 3, "qwen2_moe": 3}
 MXFP4_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 
@@ -191,7 +215,7 @@ def _rope_as_4x(config) -> tuple[float, dict | None]:
     """(rope_theta, rope_scaling) as transformers 4.x writes them, from either line's config."""
     params = getattr(config, "rope_parameters", None)
     if params is None:
-        return config.rope_theta, config.rope_scaling
+        return config.rope_theta, getattr(config, "rope_scaling", None)  # 4.57 Mixtral has none
     scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     return params["rope_theta"], None if scaling.get("rope_type", "default") == "default" else scaling
 

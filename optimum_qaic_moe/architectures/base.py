@@ -259,8 +259,9 @@ class Architecture:
 
     def attention(self, hf_attention: nn.Module, config, layer_idx: int) -> Attention:
         q_norm, k_norm = getattr(hf_attention, "q_norm", None), getattr(hf_attention, "k_norm", None)
+        scaling = getattr(hf_attention, "scaling", self.head_dim(config) ** -0.5)  # 4.57's Qwen2-MoE keeps none
         return Attention(linear(hf_attention.q_proj), linear(hf_attention.k_proj), linear(hf_attention.v_proj),
-                         linear(hf_attention.o_proj), self.head_dim(config), hf_attention.scaling,
+                         linear(hf_attention.o_proj), self.head_dim(config), scaling,
                          q_norm=None if q_norm is None else self.norm(q_norm),
                          k_norm=None if k_norm is None else self.norm(k_norm),
                          sinks=getattr(hf_attention, "sinks", None),

@@ -18,6 +18,16 @@ VARIANTS = [
     ("gpt_oss", {}),
     ("gpt_oss", {"sliding_window": 3}),  # a ring of 3 slots, shorter than a prefill chunk
     ("gpt_oss", {"num_experts_per_tok": 1}),
+    ("mixtral", {}),
+    ("mixtral", {"sliding_window": 3}),  # Mistral's window on every layer: a ring of 3 slots
+    ("mixtral", {"num_experts_per_tok": 1}),
+    ("mixtral", {"tie_word_embeddings": True}),
+    ("qwen2_moe", {}),  # Qwen1.5-MoE: top-k weights not renormalized, a shared expert behind a sigmoid gate
+    ("qwen2_moe", {"norm_topk_prob": True}),
+    ("qwen2_moe", {"decoder_sparse_step": 2, "num_hidden_layers": 3}),
+    ("qwen2_moe", {"mlp_only_layers": [0]}),
+    ("qwen2_moe", {"qkv_bias": False}),
+    ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 2}),
 ]
 
 

@@ -243,8 +243,10 @@ def run_measured(cmd: list, log_path: str, interval: float, env: dict) -> dict:
         with open(log_path) as f:
             tail = "".join(f.readlines()[-15:])
         raise SystemExit(f"error: {cmd[0]} ... failed (status {status}); the end of {log_path}:\n{tail}")
-    return {"seconds": wall, "rss": sampler.peaks.get("VmRSS", 0), "anon": sampler.peaks.get("RssAnon", 0),
-            "file": sampler.peaks.get("RssFile", 0), "maxrss": usage.ru_maxrss * 1024, "stages": sampler.stages}
+    peaks = sampler.peaks
+    return {"seconds": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": peaks.get("VmRSS", 0),
+            "anon": peaks.get("RssAnon", 0), "file": peaks.get("RssFile", 0), "maxrss": usage.ru_maxrss * 1024,
+            "stages": sampler.stages}
 
 
 # -- the runs --------------------------------------------------------------------------------------------------
@@ -316,8 +318,8 @@ def measure_layers(layers: int, args, root: str) -> dict:
 
 def summarize(runs: list) -> dict:
     """Medians over the repeats (per-stage figures of the first run)."""
-    out = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "rss", "anon", "file", "maxrss",
-                                                                    "disk", "load")}
+    out = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu", "rss", "anon", "file",
+                                                                    "maxrss", "disk", "load")}
     out["stages"] = runs[0]["stages"]
     return out
 
@@ -329,11 +331,11 @@ def print_table(m: dict, args) -> None:
     w = m["weights"]
     print(f"\n{m['layers']} layers, fp32 weights {w / GIB:.2f} GiB; prefill {args.prefill_seq_len}, ctx {args.ctx_len}, "
           f"{args.num_cores} cores, chunk {args.chunk}; median of {args.repeat}\n")
-    print("| export | wall s | peak RSS GiB (x weights) | peak anonymous GiB (x) | peak file-backed GiB | "
+    print("| export | wall s | CPU s | peak RSS GiB (x weights) | peak anonymous GiB (x) | peak file-backed GiB | "
           "largest process RSS GiB | on disk GiB (x) | load average |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind, r in m["results"].items():
-        print(f"| {KINDS[kind]} | {r['seconds']:.0f} | {r['rss'] / GIB:.2f} ({r['rss'] / w:.2f}) | "
+        print(f"| {KINDS[kind]} | {r['seconds']:.0f} | {r['cpu']:.0f} | {r['rss'] / GIB:.2f} ({r['rss'] / w:.2f}) | "
               f"{r['anon'] / GIB:.2f} ({r['anon'] / w:.2f}) | {r['file'] / GIB:.2f} | {r['maxrss'] / GIB:.2f} | "
               f"{r['disk'] / GIB:.2f} ({r['disk'] / w:.2f}) | {r['load']:.1f} |")
     res = m["results"]
@@ -365,7 +367,7 @@ def print_stages(m: dict) -> None:
                   f"| {p.get('RssFile', 0) / GIB:.2f} |")
 
 
-FIGURES = (("seconds", "wall s"), ("rss", "peak RSS GiB"), ("anon", "peak anonymous GiB"),
+FIGURES = (("seconds", "wall s"), ("cpu", "CPU s"), ("rss", "peak RSS GiB"), ("anon", "peak anonymous GiB"),
            ("file", "peak file-backed GiB"), ("disk", "on disk GiB"))
 
 
@@ -387,7 +389,7 @@ def print_growth(low: dict, high: dict) -> None:
         cells = []
         for key, _ in FIGURES:
             grow = s[key] * per_layer
-            cells.append(f"{grow:+.1f}" if key == "seconds" else f"{grow / GIB:+.3f} ({s[key]:+.2f}x)")
+            cells.append(f"{grow:+.1f}" if key in ("seconds", "cpu") else f"{grow / GIB:+.3f} ({s[key]:+.2f}x)")
         print(f"| {KINDS[kind]} | " + " | ".join(cells) + " |")
     print("\n(x: the growth as a fraction of the layer's fp32 bytes; target for peak anonymous: <= 0.35x)")
 
@@ -453,6 +455,7 @@ def parse_args(argv=None):
                         help="where checkpoints, exports and logs go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints and logs")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--from-json", default=None, help="print the tables of an earlier --json file, run nothing")
     args = parser.parse_args(argv)
     runs = args.runs or ("ours,ours-verify" if args.growth else "ours,ours-verify,qeff")
     args.runs = runs.split(",")
@@ -472,6 +475,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        for m in saved["measured"]:
+            for r in m["results"].values():
+                r.setdefault("cpu", float("nan"))  # written before the CPU time was recorded
+        return report(saved["measured"], argparse.Namespace(**{**saved["args"], "stages": args.stages}))
     root = args.workdir or tempfile.mkdtemp(prefix="qaic-scale-")
     os.makedirs(root, exist_ok=True)
     shape = model_shape(args.scale)
@@ -480,16 +490,20 @@ def main(argv=None) -> None:
                                                    "moe_intermediate_size", "num_attention_heads",
                                                    "num_key_value_heads", "head_dim", "vocab_size")), flush=True)
     measured = [measure_layers(layers, args, root) for layers in args.layer_counts]
-    for m in measured:
-        print_table(m, args)
-    if args.growth:
-        print_growth(*measured)
-        print_paper(*measured, args.scale)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items()}, "measured": measured}, f, indent=2)
+            json.dump({"args": vars(args), "measured": measured}, f, indent=2)
+    report(measured, args)
     if not args.keep and not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def report(measured: list, args) -> None:
+    for m in measured:
+        print_table(m, args)
+    if len(measured) == 2:
+        print_growth(*measured)
+        print_paper(*measured, args.scale)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,17 @@ def prompt_for(settings: ExportSettings, vocab_size: int, decode_steps: int = 3,
 
 
 def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: List[np.ndarray] = None) -> Run:
-    """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given."""
-    logits = [runner.prefill(prompt)]
+    """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given.
+
+    The logits are copied: an array onnxruntime returns (and any view of it) keeps the memory arena of the session
+    that made it alive, which would keep the prefill graph's activations (GiBs at real layer shapes) in memory
+    through the rest of the verification."""
+    logits = [runner.prefill(prompt).copy()]
     fed, position = [], prompt.shape[1]
     for step in range(steps):
         token = logits[-1].argmax(-1) if tokens is None else tokens[step]
         fed.append(token)
-        logits.append(runner.decode(token, np.full(len(token), position)))
+        logits.append(runner.decode(token, np.full(len(token), position)).copy())
         position += 1
     return Run(logits, fed)
 

@@ -259,10 +259,11 @@ def model_shape(scale: int) -> dict:
     return shape
 
 
-def write_checkpoint(path: str, layers: int, shape: dict, python: str) -> int:
-    """Write the random checkpoint in a child (its memory is not the exports'); returns the fp32 weight bytes."""
+def write_checkpoint(path: str, layers: int, shape: dict, scale: int, python: str) -> int:
+    """Write the random checkpoint in a child (its memory is not the exports'), in shards of 1 GiB / scale^2 (as
+    many shards as the real shapes have); returns the fp32 weight bytes."""
     code = (f"import sys; sys.path.insert(0, {HERE!r}); import checkpoints; "
-            f"print(checkpoints.write_hub_qwen3_moe({path!r}, {layers}, **{shape!r}))")
+            f"print(checkpoints.write_hub_qwen3_moe({path!r}, {layers}, {(1 << 30) // scale ** 2}, **{shape!r}))")
     out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout
     return int(out.split()[-1])
 
@@ -293,7 +294,7 @@ def measure_layers(layers: int, args, root: str) -> dict:
     """Build the checkpoint of ``layers`` layers and run every export of --runs --repeat times, interleaved."""
     model_dir = os.path.join(root, f"model-{layers}")
     t0 = time.perf_counter()
-    weights = write_checkpoint(model_dir, layers, model_shape(args.scale), args.python)
+    weights = write_checkpoint(model_dir, layers, model_shape(args.scale), args.scale, args.python)
     print(f"checkpoint: {layers} layers, fp32 weights {weights / GIB:.2f} GiB, bf16 on disk "
           f"{disk_bytes(model_dir) / GIB:.2f} GiB (written in {time.perf_counter() - t0:.0f} s)", flush=True)
     results = {kind: [] for kind in args.runs}
@@ -363,6 +364,8 @@ def print_stages(m: dict) -> None:
         print("|---|---:|---:|---:|---:|")
         for stage, s in r["stages"].items():
             p = s["peaks"]
+            if not p:  # shorter than the sampling interval
+                continue
             print(f"| {stage} | {s['seconds']:.1f} | {p.get('VmRSS', 0) / GIB:.2f} | {p.get('RssAnon', 0) / GIB:.2f} "
                   f"| {p.get('RssFile', 0) / GIB:.2f} |")
 

@@ -11,6 +11,7 @@ directory and a data file with several hard links, so the graphs sit next to the
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -49,16 +50,18 @@ def write_weights(export_dir: str, graphs, writer, progress: Optional[Callable[[
         for name, param in traced.params.items():
             params.setdefault(name, param)
     done = 0
-    for name, (offset, shape) in layout.items():
-        if int(np.prod(shape, dtype=np.int64)) == 0:
-            continue
-        out = np.memmap(first, dtype=np.float32, mode="r+", offset=offset, shape=shape)
-        writer.write(params[name], out)
-        out.flush()
-        del out
-        done += int(np.prod(shape, dtype=np.int64)) * 4
-        if progress:
-            progress(done, size)
+    with _one_thread():
+        for name, (offset, shape) in layout.items():
+            if int(np.prod(shape, dtype=np.int64)) == 0:
+                continue
+            # No flush: the pages stay in the page cache after unmapping and the kernel writes them back while the
+            # next tensors are converted (a synchronous msync per tensor cost ~1.5 s per GiB).
+            out = np.memmap(first, dtype=np.float32, mode="r+", offset=offset, shape=shape)
+            writer.write(params[name], out)
+            del out
+            done += int(np.prod(shape, dtype=np.int64)) * 4
+            if progress:
+                progress(done, size)
     for traced in graphs:
         for name, value in traced.model.graph.initializers.items():
             if name in layout:
@@ -66,6 +69,21 @@ def write_weights(export_dir: str, graphs, writer, progress: Optional[Callable[[
                 value.const_value = ir.ExternalTensor(DATA_NAME, offset, int(np.prod(shape, dtype=np.int64)) * 4,
                                                       ir.DataType.FLOAT, shape=ir.Shape(list(shape)), name=name)
     return size
+
+
+@contextmanager
+def _one_thread():
+    """torch on one intra-op thread: the writes are thousands of small memory-bound copies (one expert each), and
+    on a busy machine every parallel copy waits for a descheduled second thread (measured with the load at 3.5 on
+    2 cores: 1 GiB in 5 s on one thread, 16-27 s on two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def save_graph(model, path: str) -> None:

@@ -36,15 +36,19 @@ def prompt_for(settings: ExportSettings, vocab_size: int, decode_steps: int = 3,
 
 
 def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: List[np.ndarray] = None, desc: str = "") -> Run:
-    """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given."""
+    """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given.
+
+    The logits are copied: an array onnxruntime returns (and any view of it) keeps the memory arena of the session
+    that made it alive, which would keep the prefill graph's activations (GiBs at real layer shapes) in memory
+    through the rest of the verification."""
     with progress(total=1 + steps, desc=desc or "run", unit="call") as bar:
-        logits = [runner.prefill(prompt)]
+        logits = [np.array(runner.prefill(prompt), copy=True)]
         bar.update(1)
         fed, position = [], prompt.shape[1]
         for step in range(steps):
             token = logits[-1].argmax(-1) if tokens is None else tokens[step]
             fed.append(token)
-            logits.append(runner.decode(token, np.full(len(token), position)))
+            logits.append(np.array(runner.decode(token, np.full(len(token), position)), copy=True))
             position += 1
             bar.update(1)
     return Run(logits, fed)

@@ -45,7 +45,7 @@ def main() -> None:
 
     from optimum_qaic_moe.moe.cost import choose_chunk_size
     from optimum_qaic_moe.moe.dispatch import expert_work
-    from optimum_qaic_moe.runtime.session import CausalLMRunner
+    from optimum_qaic_moe.runtime.runner import CausalLMRunner
 
     root = tempfile.mkdtemp(prefix="qaic-speed-")
     model_dir = os.path.join(root, "model")

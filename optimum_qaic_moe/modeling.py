@@ -29,7 +29,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .api import main_export, python_errors
 from .export_dir import read_export_config
-from .runtime.session import CausalLMRunner
+from .runtime.runner import CausalLMRunner
 from .settings import ExportSettings, UserError
 from .sources import resolve_export_dir
 

@@ -60,7 +60,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 def verify_export(export_dir: str, model, source, settings: ExportSettings) -> dict:
     from ..plugins import get_architectures
-    from ..runtime.session import CausalLMRunner
+    from ..runtime.runner import CausalLMRunner
     from .fp16 import emulate_fp16
     from .main import graph_file
     from .reference import reference_logits

@@ -44,14 +44,14 @@ def test_cli_verbosity_error_prints_nothing(tmp_path, tiny_dirs):
                        env={"TRANSFORMERS_VERBOSITY": "error"})
     assert proc.returncode == 0
     assert proc.stderr == ""
-    assert (tmp_path / "out" / "decode" / "model.onnx").is_file()
+    assert (tmp_path / "out" / "decode.onnx").is_file()
 
 
 @pytest.mark.slow
 def test_cli_progress_bars_on_a_terminal_follow_the_verbosity(tmp_path, tiny_dirs):
     shown = _run_on_terminal(["export", "qaic", "--model", tiny_dirs["qwen3_moe"], *FAST, tmp_path / "a"], {})
-    assert "[qaic] export decode graph" in shown
-    assert "[qaic] decode: " in shown and "/3 [" in shown  # the tqdm bar over trace, save, check
+    assert "[qaic] trace the decode graph" in shown
+    assert "decode: " in shown and "/2 [" in shown  # the tqdm bar: the top-level graph, then one layer per kind
     silent = _run_on_terminal(["export", "qaic", "--model", tiny_dirs["qwen3_moe"], *FAST, tmp_path / "b"],
                               {"TRANSFORMERS_VERBOSITY": "error"})
     assert silent.strip() == ""
@@ -70,7 +70,7 @@ def test_python_follows_transformers_verbosity(tmp_path, tiny_dirs, capfd):
         hf_logging.set_verbosity_info()
         main_export(tiny_dirs["qwen3_moe"], str(tmp_path / "loud"), **options)
         err = capfd.readouterr().err
-        assert "[qaic] export decode graph (seq_len 1, MoE gathered) ..." in err
+        assert "[qaic] trace the decode graph (seq_len 1, MoE gathered) ..." in err
         assert f"[qaic] wrote {tmp_path / 'loud'}" in err
     finally:
         hf_logging.set_verbosity(before)

@@ -14,7 +14,7 @@ from optimum_qaic_moe.exporters.fp16 import emulate_fp16
 from optimum_qaic_moe.exporters.main import run_export
 from optimum_qaic_moe.exporters.verify import prompt_for, run_graphs
 from optimum_qaic_moe.ops import INT32_MAX, ctx_gather, ctx_scatter
-from optimum_qaic_moe.runtime.session import CausalLMRunner
+from optimum_qaic_moe.runtime.runner import CausalLMRunner
 from optimum_qaic_moe.settings import ExportSettings, UserError
 
 

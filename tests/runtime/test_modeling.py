@@ -310,7 +310,7 @@ def test_push_to_hub_uploads_the_export(exports):
     first, again = hub.commits
     assert (first["repo"], first["revision"], first["summary"]) == ("org/tiny-qaic", "main", "first")
     assert first["files"] == _files(out) == again["files"]
-    assert {"qaic_config.json", "prefill/model.onnx", "decode/custom_io.yaml", "tokenizer.json"} <= set(first["files"])
+    assert {"qaic_config.json", "prefill.onnx", "weights.data", "decode/custom_io.yaml", "tokenizer.json"} <= set(first["files"])
 
 
 # -- an export directory is not trusted ---------------------------------------------------------------------------
@@ -325,24 +325,23 @@ CASES = {
                       r"qaic_config.json: graphs entry '../x' is not a graph of a QAIC export"),
     "graph twice": (lambda m, d: json.dumps({**m, "graphs": ["decode", "decode"]}),
                     r"graphs must be a non-empty list of distinct graph names"),
-    "ctx_len raised": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "ctx_len": 128}}),
-                       r"settings.ctx_len is 128 but the graphs' longest KV cache holds 64 positions"),
-    "cache raised too": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "ctx_len": 128}, "cache_shapes": {
-        k: [v[0], v[1], 128, v[3]] for k, v in m["cache_shapes"].items()}}),
-        r"cache_shapes\['past_key.0'\]\[2\] is 128 but .*prefill/model.onnx was exported with 64"),
+    "ctx_lens past the RoPE tables": (lambda m, d: json.dumps({**m, "ctx_lens": [32, 10**7]}),
+                                      r"ctx_lens goes up to 10000000 but .*prefill.onnx holds RoPE tables for \d+ "),
+    "ctx_lens text": (lambda m, d: json.dumps({**m, "ctx_lens": ["64"]}),
+                      r"ctx_lens must be a non-empty list of positive integers, got \['64'\]"),
+    "window zero": (lambda m, d: json.dumps({**m, "sliding_window": 0}),
+                    r"sliding_window must be null or a positive integer, got 0"),
     "batch raised": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "batch_size": 2}}),
-                     r"settings.batch_size is 2 but .*model.onnx was exported with 1"),
+                     r"settings.batch_size is 2 but .*prefill.onnx was exported with 1"),
     "prefill length": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "prefill_seq_len": 16}}),
-                       r"settings.prefill_seq_len is 16 but .*prefill/model.onnx was exported with 8"),
+                       r"settings.prefill_seq_len is 16 but .*prefill.onnx was exported with 8"),
     "ctx_len text": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "ctx_len": "64"}}),
-                     r"qaic_config.json: settings.ctx_len must be an integer, got '64'"),
+                     r"qaic_config.json: settings.ctx_len must be an integer or a list, got '64'"),
     "dispatch": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "moe_prefill_dispatch": 3}}),
-                 r"settings.moe_prefill_dispatch must be one of 'blocked', 'loop', got 3"),
+                 r"settings.moe_prefill_dispatch must be one of 'blocked', 'grouped', 'loop', got 3"),
     "pad id": (lambda m, d: json.dumps({**m, "pad_token_id": -3}), r"pad_token_id must be null or a token id >= 0"),
-    "cache name": (lambda m, d: json.dumps({**m, "cache_shapes": {"../../x": [1, 2, 64, 8]}}),
-                   r"cache_shapes entry '../../x'"),
-    "graph missing": (lambda m, d: shutil.rmtree(os.path.join(d, "decode")) or json.dumps(m),
-                      r"lists the decode graph but .*decode/model.onnx does not exist"),
+    "graph missing": (lambda m, d: os.remove(os.path.join(d, "decode.onnx")) or json.dumps(m),
+                      r"lists the decode graph but .*decode.onnx does not exist"),
 }
 
 

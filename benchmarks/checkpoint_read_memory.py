@@ -31,9 +31,19 @@ import sys
 import tempfile
 import time
 
-SHAPE = {"hidden_size": 1024, "moe_intermediate_size": 512, "num_experts_per_tok": 8, "intermediate_size": 3072,
-         "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 65536,
-         "norm_topk_prob": True, "tie_word_embeddings": False, "rope_theta": 1e6}
+SHAPE = {
+    "hidden_size": 1024,
+    "moe_intermediate_size": 512,
+    "num_experts_per_tok": 8,
+    "intermediate_size": 3072,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+    "vocab_size": 65536,
+    "norm_topk_prob": True,
+    "tie_word_embeddings": False,
+    "rope_theta": 1e6,
+}
 
 
 def hub_tensors(layers: int, experts: int) -> dict:
@@ -43,14 +53,27 @@ def hub_tensors(layers: int, experts: int) -> dict:
     shapes = {"model.embed_tokens.weight": (SHAPE["vocab_size"], h)}
     for layer in range(layers):
         p = f"model.layers.{layer}"
-        shapes.update({f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,),
-                       f"{p}.self_attn.q_proj.weight": (q, h), f"{p}.self_attn.k_proj.weight": (kv, h),
-                       f"{p}.self_attn.v_proj.weight": (kv, h), f"{p}.self_attn.o_proj.weight": (h, q),
-                       f"{p}.self_attn.q_norm.weight": (d,), f"{p}.self_attn.k_norm.weight": (d,),
-                       f"{p}.mlp.gate.weight": (experts, h)})
+        shapes.update(
+            {
+                f"{p}.input_layernorm.weight": (h,),
+                f"{p}.post_attention_layernorm.weight": (h,),
+                f"{p}.self_attn.q_proj.weight": (q, h),
+                f"{p}.self_attn.k_proj.weight": (kv, h),
+                f"{p}.self_attn.v_proj.weight": (kv, h),
+                f"{p}.self_attn.o_proj.weight": (h, q),
+                f"{p}.self_attn.q_norm.weight": (d,),
+                f"{p}.self_attn.k_norm.weight": (d,),
+                f"{p}.mlp.gate.weight": (experts, h),
+            }
+        )
         for e in range(experts):
-            shapes.update({f"{p}.mlp.experts.{e}.gate_proj.weight": (i, h), f"{p}.mlp.experts.{e}.up_proj.weight": (i, h),
-                           f"{p}.mlp.experts.{e}.down_proj.weight": (h, i)})
+            shapes.update(
+                {
+                    f"{p}.mlp.experts.{e}.gate_proj.weight": (i, h),
+                    f"{p}.mlp.experts.{e}.up_proj.weight": (i, h),
+                    f"{p}.mlp.experts.{e}.down_proj.weight": (h, i),
+                }
+            )
     shapes.update({"model.norm.weight": (h,), "lm_head.weight": (SHAPE["vocab_size"], h)})
     return shapes
 
@@ -65,9 +88,17 @@ def write_checkpoint(path: str, layers: int, experts: int) -> int:
     tensors = {n: (torch.randn(s) * 0.02).to(torch.bfloat16) for n, s in hub_tensors(layers, experts).items()}
     os.makedirs(path, exist_ok=True)
     write_shards(tensors, path, 4)
-    config = dict(SHAPE, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", num_hidden_layers=layers,
-                  num_experts=experts, torch_dtype="bfloat16", rope_scaling=None, mlp_only_layers=[],
-                  decoder_sparse_step=1)
+    config = dict(
+        SHAPE,
+        architectures=["Qwen3MoeForCausalLM"],
+        model_type="qwen3_moe",
+        num_hidden_layers=layers,
+        num_experts=experts,
+        torch_dtype="bfloat16",
+        rope_scaling=None,
+        mlp_only_layers=[],
+        decoder_sparse_step=1,
+    )
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     return sum(t.numel() * 2 for t in tensors.values())
@@ -149,12 +180,26 @@ def measure(mode: str, path: str) -> None:
     seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
-    print(json.dumps(dict(seconds=seconds, elements=elements, checksum=total, anon_before=before["RssAnon"], anon_setup=setup["RssAnon"],
-                          peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **peaks)))
+    print(
+        json.dumps(
+            dict(
+                seconds=seconds,
+                elements=elements,
+                checksum=total,
+                anon_before=before["RssAnon"],
+                anon_setup=setup["RssAnon"],
+                peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                **peaks,
+            )
+        )
+    )
 
 
-MODES = {"experts": "HFWeights, one expert (or as many rows) at a time", "whole": "HFWeights, whole tensors",
-         "from_pretrained": "from_pretrained (float32)"}
+MODES = {
+    "experts": "HFWeights, one expert (or as many rows) at a time",
+    "whole": "HFWeights, whole tensors",
+    "from_pretrained": "from_pretrained (float32)",
+}
 
 
 def main() -> None:
@@ -162,9 +207,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--experts", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--modes", default="experts,whole",
-                        help=f"comma-separated, of {', '.join(MODES)} (from_pretrained holds the float32 model: "
-                             "about 3 GiB of anonymous memory for the default checkpoint)")
+    parser.add_argument(
+        "--modes",
+        default="experts,whole",
+        help=f"comma-separated, of {', '.join(MODES)} (from_pretrained holds the float32 model: "
+        "about 3 GiB of anonymous memory for the default checkpoint)",
+    )
     parser.add_argument("--keep", default=None, help="Directory to keep the checkpoint in.")
     parser.add_argument("--measure", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -175,13 +223,19 @@ def main() -> None:
 
     root = args.keep or tempfile.mkdtemp(prefix="qaic-ckpt-bench-")
     path = os.path.join(root, "model")
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import checkpoint_read_memory as b; print(b.write_checkpoint({path!r}, {args.layers}, {args.experts}))")
-    size = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()[-1])
-    gib = 2 ** 30
-    print(f"checkpoint: Qwen3-MoE, {args.layers} layers, {args.experts} experts, hidden {SHAPE['hidden_size']}, "
-          f"bf16 {size / gib:.2f} GiB (float32 {2 * size / gib:.2f} GiB), 4 shards; transformers "
-          f"{transformers.__version__}; {args.runs} runs each, modes interleaved")
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+        f"import checkpoint_read_memory as b; print(b.write_checkpoint({path!r}, {args.layers}, {args.experts}))"
+    )
+    size = int(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()[-1]
+    )
+    gib = 2**30
+    print(
+        f"checkpoint: Qwen3-MoE, {args.layers} layers, {args.experts} experts, hidden {SHAPE['hidden_size']}, "
+        f"bf16 {size / gib:.2f} GiB (float32 {2 * size / gib:.2f} GiB), 4 shards; transformers "
+        f"{transformers.__version__}; {args.runs} runs each, modes interleaved"
+    )
     modes = args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
@@ -189,17 +243,25 @@ def main() -> None:
     results = {mode: [] for mode in modes}
     for _ in range(args.runs):
         for mode in modes:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", mode, path], check=True,
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--measure", mode, path],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             results[mode].append(json.loads(out.strip().splitlines()[-1]))
-    print("| reader | median s | peak RSS GiB | peak anonymous GiB | anonymous after imports | after setup | "
-          "peak file-backed GiB |")
+    print(
+        "| reader | median s | peak RSS GiB | peak anonymous GiB | anonymous after imports | after setup | "
+        "peak file-backed GiB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, runs in results.items():
-        print(f"| {MODES[mode]} | {statistics.median(r['seconds'] for r in runs):.2f} | "
-              f"{max(r['peak_rss'] for r in runs) / gib:.2f} | {max(r['RssAnon'] for r in runs) / gib:.2f} | "
-              f"{max(r['anon_before'] for r in runs) / gib:.2f} | {max(r['anon_setup'] for r in runs) / gib:.2f} | "
-              f"{max(r['RssFile'] for r in runs) / gib:.2f} |")
+        print(
+            f"| {MODES[mode]} | {statistics.median(r['seconds'] for r in runs):.2f} | "
+            f"{max(r['peak_rss'] for r in runs) / gib:.2f} | {max(r['RssAnon'] for r in runs) / gib:.2f} | "
+            f"{max(r['anon_before'] for r in runs) / gib:.2f} | {max(r['anon_setup'] for r in runs) / gib:.2f} | "
+            f"{max(r['RssFile'] for r in runs) / gib:.2f} |"
+        )
     checksums = {mode: runs[0]["checksum"] for mode, runs in results.items()}
     print(f"checksums (float64 sum of every value read): {checksums}")
     if not args.keep:

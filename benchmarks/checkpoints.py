@@ -10,19 +10,42 @@ import json
 import os
 
 # Qwen/Qwen3-30B-A3B's layer shapes (config.json), without the layer count.
-QWEN3_30B_A3B = {"hidden_size": 2048, "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
-                 "intermediate_size": 6144, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
-                 "vocab_size": 151936, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
-                 "max_position_embeddings": 40960, "rope_theta": 1e6, "rms_norm_eps": 1e-6,
-                 "tie_word_embeddings": False}
+QWEN3_30B_A3B = {
+    "hidden_size": 2048,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "moe_intermediate_size": 768,
+    "intermediate_size": 6144,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "vocab_size": 151936,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "max_position_embeddings": 40960,
+    "rope_theta": 1e6,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
 
 
 def mid_size_shape(layers: int, hidden: int, experts: int) -> dict:
     """A mid-size Qwen3-MoE: top-8, expert intermediate hidden/4, 16 heads, 4 KV heads, vocab 32000."""
-    return {"hidden_size": hidden, "num_hidden_layers": layers, "num_experts": experts, "num_experts_per_tok": 8,
-            "moe_intermediate_size": hidden // 4, "intermediate_size": hidden * 3, "num_attention_heads": 16,
-            "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 32000, "norm_topk_prob": True,
-            "tie_word_embeddings": False}
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_experts": experts,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": hidden // 4,
+        "intermediate_size": hidden * 3,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "head_dim": 64,
+        "vocab_size": 32000,
+        "norm_topk_prob": True,
+        "tie_word_embeddings": False,
+    }
 
 
 def write_qwen3_moe_checkpoint(path: str, **shape) -> int:
@@ -46,12 +69,22 @@ def qwen3_moe_hub_tensors(shape: dict, layers: int) -> dict:
         p = f"model.layers.{layer}"
         for expert in range(e):
             x = f"{p}.mlp.experts.{expert}"
-            out.update({f"{x}.gate_proj.weight": (i, h), f"{x}.up_proj.weight": (i, h), f"{x}.down_proj.weight": (h, i)})
-        out.update({f"{p}.mlp.gate.weight": (e, h), f"{p}.input_layernorm.weight": (h,),
-                    f"{p}.post_attention_layernorm.weight": (h,), f"{p}.self_attn.q_proj.weight": (q, h),
-                    f"{p}.self_attn.k_proj.weight": (kv, h), f"{p}.self_attn.v_proj.weight": (kv, h),
-                    f"{p}.self_attn.o_proj.weight": (h, q), f"{p}.self_attn.q_norm.weight": (d,),
-                    f"{p}.self_attn.k_norm.weight": (d,)})
+            out.update(
+                {f"{x}.gate_proj.weight": (i, h), f"{x}.up_proj.weight": (i, h), f"{x}.down_proj.weight": (h, i)}
+            )
+        out.update(
+            {
+                f"{p}.mlp.gate.weight": (e, h),
+                f"{p}.input_layernorm.weight": (h,),
+                f"{p}.post_attention_layernorm.weight": (h,),
+                f"{p}.self_attn.q_proj.weight": (q, h),
+                f"{p}.self_attn.k_proj.weight": (kv, h),
+                f"{p}.self_attn.v_proj.weight": (kv, h),
+                f"{p}.self_attn.o_proj.weight": (h, q),
+                f"{p}.self_attn.q_norm.weight": (d,),
+                f"{p}.self_attn.k_norm.weight": (d,),
+            }
+        )
     out.update({"model.norm.weight": (h,), "lm_head.weight": (shape["vocab_size"], h)})
     return out
 
@@ -102,8 +135,9 @@ def write_hub_qwen3_moe(path: str, layers: int, shard_bytes: int = 1 << 30, seed
     weight_map = {}
     for k, names in enumerate(groups, start=1):
         file = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
-        save_file({n: _random_bf16(shapes[n], generator) for n in names}, os.path.join(path, file),
-                  metadata={"format": "pt"})
+        save_file(
+            {n: _random_bf16(shapes[n], generator) for n in names}, os.path.join(path, file), metadata={"format": "pt"}
+        )
         weight_map.update(dict.fromkeys(names, file))
     total = sum(2 * _numel(d) for d in shapes.values())
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:

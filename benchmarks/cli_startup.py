@@ -23,8 +23,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
-    commands = {"optimum-cli export --help": [cli, "export", "--help"],
-                "optimum-cli export qaic --help": [cli, "export", "qaic", "--help"]}
+    commands = {
+        "optimum-cli export --help": [cli, "export", "--help"],
+        "optimum-cli export qaic --help": [cli, "export", "qaic", "--help"],
+    }
     times = {name: [] for name in commands}
     for _ in range(args.runs):  # interleaved, so both see the same machine load
         for name, argv in commands.items():

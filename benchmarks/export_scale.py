@@ -77,9 +77,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from checkpoints import QWEN3_30B_A3B
+from checkpoints import QWEN3_30B_A3B  # noqa: E402 (a sibling script, importable once HERE is on the path)
 
-GIB = 2 ** 30
+GIB = 2**30
 KINDS = {
     "ours": "ours, both graphs, no verification",
     "ours-verify": "ours, both graphs, with verification",
@@ -108,14 +108,31 @@ print("onnx:", QEFFAutoModelForCausalLM.from_pretrained(model_dir).export(
 """
 
 # openai/gpt-oss-*'s shapes, without layer and expert counts.
-GPT_OSS = {"hidden_size": 2880, "intermediate_size": 2880, "num_experts_per_tok": 4, "num_attention_heads": 64,
-           "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 201088, "tie_word_embeddings": False}
+GPT_OSS = {
+    "hidden_size": 2880,
+    "intermediate_size": 2880,
+    "num_experts_per_tok": 4,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 201088,
+    "tie_word_embeddings": False,
+}
 # The models of the table "on paper": Hub config fields (transformers builds them on the meta device to count).
 PAPER_MODELS = {
     "Qwen3-30B-A3B": ("qwen3_moe", dict(QWEN3_30B_A3B, num_hidden_layers=48)),
-    "Qwen3-235B-A22B": ("qwen3_moe", dict(QWEN3_30B_A3B, num_hidden_layers=94, hidden_size=4096,
-                                          moe_intermediate_size=1536, intermediate_size=12288,
-                                          num_attention_heads=64, num_key_value_heads=4)),
+    "Qwen3-235B-A22B": (
+        "qwen3_moe",
+        dict(
+            QWEN3_30B_A3B,
+            num_hidden_layers=94,
+            hidden_size=4096,
+            moe_intermediate_size=1536,
+            intermediate_size=12288,
+            num_attention_heads=64,
+            num_key_value_heads=4,
+        ),
+    ),
     "gpt-oss-20b": ("gpt_oss", {**GPT_OSS, "num_hidden_layers": 24, "num_local_experts": 32}),
     "gpt-oss-120b": ("gpt_oss", {**GPT_OSS, "num_hidden_layers": 36, "num_local_experts": 128}),
 }
@@ -198,9 +215,9 @@ def stage_of(line: str):
     N s`` starts "after <stage>" (what runs between two stages); else None."""
     if not line.startswith("[qaic] ") or line.startswith("[qaic]  "):
         return None
-    text = line[len("[qaic] "):].rstrip()
+    text = line[len("[qaic] ") :].rstrip()
     if text.endswith(" ..."):
-        return text[:-len(" ...")]
+        return text[: -len(" ...")]
     if ": done in " in text:
         return "after: " + text.rsplit(": done in ", 1)[0]
     return None
@@ -244,9 +261,15 @@ def run_measured(cmd: list, log_path: str, interval: float, env: dict) -> dict:
             tail = "".join(f.readlines()[-15:])
         raise SystemExit(f"error: {cmd[0]} ... failed (status {status}); the end of {log_path}:\n{tail}")
     peaks = sampler.peaks
-    return {"seconds": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": peaks.get("VmRSS", 0),
-            "anon": peaks.get("RssAnon", 0), "file": peaks.get("RssFile", 0), "maxrss": usage.ru_maxrss * 1024,
-            "stages": sampler.stages}
+    return {
+        "seconds": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss": peaks.get("VmRSS", 0),
+        "anon": peaks.get("RssAnon", 0),
+        "file": peaks.get("RssFile", 0),
+        "maxrss": usage.ru_maxrss * 1024,
+        "stages": sampler.stages,
+    }
 
 
 # -- the runs --------------------------------------------------------------------------------------------------
@@ -262,20 +285,45 @@ def model_shape(scale: int) -> dict:
 def write_checkpoint(path: str, layers: int, shape: dict, scale: int, python: str) -> int:
     """Write the random checkpoint in a child (its memory is not the exports'), in shards of 1 GiB / scale^2 (as
     many shards as the real shapes have); returns the fp32 weight bytes."""
-    code = (f"import sys; sys.path.insert(0, {HERE!r}); import checkpoints; "
-            f"print(checkpoints.write_hub_qwen3_moe({path!r}, {layers}, {(1 << 30) // scale ** 2}, **{shape!r}))")
+    code = (
+        f"import sys; sys.path.insert(0, {HERE!r}); import checkpoints; "
+        f"print(checkpoints.write_hub_qwen3_moe({path!r}, {layers}, {(1 << 30) // scale**2}, **{shape!r}))"
+    )
     out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout
     return int(out.split()[-1])
 
 
 def export_command(kind: str, model_dir: str, out: str, args) -> list:
     if kind == "qeff":
-        return [args.qeff_python, "-c", QEFF_CHILD, model_dir, out, str(args.prefill_seq_len), str(args.num_cores),
-                str(args.chunk)]
+        return [
+            args.qeff_python,
+            "-c",
+            QEFF_CHILD,
+            model_dir,
+            out,
+            str(args.prefill_seq_len),
+            str(args.num_cores),
+            str(args.chunk),
+        ]
     cli = os.path.join(os.path.dirname(args.python), "optimum-cli")
-    cmd = [cli, "export", "qaic", "--model", model_dir, "--prefill-seq-len", str(args.prefill_seq_len),
-           "--ctx-len", str(args.ctx_len), "--num-cores", str(args.num_cores), "--moe-prefill-packed-chunk-size",
-           str(args.chunk), "--compile", "never", out]
+    cmd = [
+        cli,
+        "export",
+        "qaic",
+        "--model",
+        model_dir,
+        "--prefill-seq-len",
+        str(args.prefill_seq_len),
+        "--ctx-len",
+        str(args.ctx_len),
+        "--num-cores",
+        str(args.num_cores),
+        "--moe-prefill-packed-chunk-size",
+        str(args.chunk),
+        "--compile",
+        "never",
+        out,
+    ]
     if kind != "ours-verify":
         cmd.append("--no-verify")
     if kind == "ours-prefill":
@@ -295,21 +343,28 @@ def measure_layers(layers: int, args, root: str) -> dict:
     model_dir = os.path.join(root, f"model-{layers}")
     t0 = time.perf_counter()
     weights = write_checkpoint(model_dir, layers, model_shape(args.scale), args.scale, args.python)
-    print(f"checkpoint: {layers} layers, fp32 weights {weights / GIB:.2f} GiB, bf16 on disk "
-          f"{disk_bytes(model_dir) / GIB:.2f} GiB (written in {time.perf_counter() - t0:.0f} s)", flush=True)
+    print(
+        f"checkpoint: {layers} layers, fp32 weights {weights / GIB:.2f} GiB, bf16 on disk "
+        f"{disk_bytes(model_dir) / GIB:.2f} GiB (written in {time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
     results = {kind: [] for kind in args.runs}
     for rep in range(args.repeat):
         for kind in args.runs:
             out = os.path.join(root, f"export-{kind}-{layers}")
             log = os.path.join(root, f"{kind}-{layers}-{rep}.log")
-            result = run_measured(export_command(kind, model_dir, out, args), log, 1 / args.samples_per_second,
-                                  child_env(kind, args))
+            result = run_measured(
+                export_command(kind, model_dir, out, args), log, 1 / args.samples_per_second, child_env(kind, args)
+            )
             dirs = export_dirs(out)
             result["disk"] = sum(disk_bytes(d) for d in dirs)
             result["load"] = os.getloadavg()[0]
             results[kind].append(result)
-            print(f"  {kind} ({layers} layers, run {rep + 1}/{args.repeat}): {result['seconds']:.0f} s, load average "
-                  f"{result['load']:.1f} on {os.cpu_count()} CPUs at the end; log in {log}", flush=True)
+            print(
+                f"  {kind} ({layers} layers, run {rep + 1}/{args.repeat}): {result['seconds']:.0f} s, load average "
+                f"{result['load']:.1f} on {os.cpu_count()} CPUs at the end; log in {log}",
+                flush=True,
+            )
             for d in dirs:
                 shutil.rmtree(d, ignore_errors=True)
     if not args.keep:
@@ -319,8 +374,10 @@ def measure_layers(layers: int, args, root: str) -> dict:
 
 def summarize(runs: list) -> dict:
     """Medians over the repeats (per-stage figures of the first run)."""
-    out = {key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu", "rss", "anon", "file",
-                                                                    "maxrss", "disk", "load")}
+    out = {
+        key: statistics.median(r[key] for r in runs)
+        for key in ("seconds", "cpu", "rss", "anon", "file", "maxrss", "disk", "load")
+    }
     out["stages"] = runs[0]["stages"]
     return out
 
@@ -330,25 +387,37 @@ def summarize(runs: list) -> dict:
 
 def print_table(m: dict, args) -> None:
     w = m["weights"]
-    print(f"\n{m['layers']} layers, fp32 weights {w / GIB:.2f} GiB; prefill {args.prefill_seq_len}, ctx {args.ctx_len}, "
-          f"{args.num_cores} cores, chunk {args.chunk}; median of {args.repeat}\n")
-    print("| export | wall s | CPU s | peak RSS GiB (x weights) | peak anonymous GiB (x) | peak file-backed GiB | "
-          "largest process RSS GiB | on disk GiB (x) | load average |")
+    print(
+        f"\n{m['layers']} layers, fp32 weights {w / GIB:.2f} GiB; prefill {args.prefill_seq_len}, ctx {args.ctx_len}, "
+        f"{args.num_cores} cores, chunk {args.chunk}; median of {args.repeat}\n"
+    )
+    print(
+        "| export | wall s | CPU s | peak RSS GiB (x weights) | peak anonymous GiB (x) | peak file-backed GiB | "
+        "largest process RSS GiB | on disk GiB (x) | load average |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind, r in m["results"].items():
-        print(f"| {KINDS[kind]} | {r['seconds']:.0f} | {r['cpu']:.0f} | {r['rss'] / GIB:.2f} ({r['rss'] / w:.2f}) | "
-              f"{r['anon'] / GIB:.2f} ({r['anon'] / w:.2f}) | {r['file'] / GIB:.2f} | {r['maxrss'] / GIB:.2f} | "
-              f"{r['disk'] / GIB:.2f} ({r['disk'] / w:.2f}) | {r['load']:.1f} |")
+        print(
+            f"| {KINDS[kind]} | {r['seconds']:.0f} | {r['cpu']:.0f} | {r['rss'] / GIB:.2f} ({r['rss'] / w:.2f}) | "
+            f"{r['anon'] / GIB:.2f} ({r['anon'] / w:.2f}) | {r['file'] / GIB:.2f} | {r['maxrss'] / GIB:.2f} | "
+            f"{r['disk'] / GIB:.2f} ({r['disk'] / w:.2f}) | {r['load']:.1f} |"
+        )
     res = m["results"]
     if "ours" in res and "qeff" in res:
-        print(f"\nwall time, ours (both graphs, no verification) / QEfficient (prefill only): "
-              f"{res['ours']['seconds'] / res['qeff']['seconds']:.2f} (target <= 0.5)")
+        print(
+            f"\nwall time, ours (both graphs, no verification) / QEfficient (prefill only): "
+            f"{res['ours']['seconds'] / res['qeff']['seconds']:.2f} (target <= 0.5)"
+        )
     if "ours-prefill" in res and "qeff" in res:
-        print(f"wall time, ours (prefill only) / QEfficient (prefill only): "
-              f"{res['ours-prefill']['seconds'] / res['qeff']['seconds']:.2f}")
+        print(
+            f"wall time, ours (prefill only) / QEfficient (prefill only): "
+            f"{res['ours-prefill']['seconds'] / res['qeff']['seconds']:.2f}"
+        )
     if "ours-verify" in res:
-        print(f"peak anonymous with both graphs and verification: {res['ours-verify']['anon'] / w:.2f}x the fp32 "
-              f"weights (target <= 0.35)")
+        print(
+            f"peak anonymous with both graphs and verification: {res['ours-verify']['anon'] / w:.2f}x the fp32 "
+            f"weights (target <= 0.35)"
+        )
     if "ours" in res:
         print(f"export directory: {res['ours']['disk'] / w:.2f}x the fp32 weights (target <= 1.15)")
     if args.stages:
@@ -366,26 +435,39 @@ def print_stages(m: dict) -> None:
             p = s["peaks"]
             if not p:  # shorter than the sampling interval
                 continue
-            print(f"| {stage} | {s['seconds']:.1f} | {p.get('VmRSS', 0) / GIB:.2f} | {p.get('RssAnon', 0) / GIB:.2f} "
-                  f"| {p.get('RssFile', 0) / GIB:.2f} |")
+            print(
+                f"| {stage} | {s['seconds']:.1f} | {p.get('VmRSS', 0) / GIB:.2f} | {p.get('RssAnon', 0) / GIB:.2f} "
+                f"| {p.get('RssFile', 0) / GIB:.2f} |"
+            )
 
 
-FIGURES = (("seconds", "wall s"), ("cpu", "CPU s"), ("rss", "peak RSS GiB"), ("anon", "peak anonymous GiB"),
-           ("file", "peak file-backed GiB"), ("disk", "on disk GiB"))
+FIGURES = (
+    ("seconds", "wall s"),
+    ("cpu", "CPU s"),
+    ("rss", "peak RSS GiB"),
+    ("anon", "peak anonymous GiB"),
+    ("file", "peak file-backed GiB"),
+    ("disk", "on disk GiB"),
+)
 
 
 def slopes(low: dict, high: dict) -> dict:
     """{kind: {figure: growth per fp32 weight byte}} between two measurements."""
     dw = high["weights"] - low["weights"]
-    return {kind: {key: (high["results"][kind][key] - r[key]) / dw for key, _ in FIGURES}
-            for kind, r in low["results"].items() if kind in high["results"]}
+    return {
+        kind: {key: (high["results"][kind][key] - r[key]) / dw for key, _ in FIGURES}
+        for kind, r in low["results"].items()
+        if kind in high["results"]
+    }
 
 
 def print_growth(low: dict, high: dict) -> None:
     layers = high["layers"] - low["layers"]
     per_layer = (high["weights"] - low["weights"]) / layers
-    print(f"\nGrowth per added layer ({low['layers']} -> {high['layers']} layers; a layer brings "
-          f"{per_layer / GIB:.3f} GiB of fp32 weights)\n")
+    print(
+        f"\nGrowth per added layer ({low['layers']} -> {high['layers']} layers; a layer brings "
+        f"{per_layer / GIB:.3f} GiB of fp32 weights)\n"
+    )
     print("| export | " + " | ".join(f"{label}" for _, label in FIGURES) + " |")
     print("|---|" + "---:|" * len(FIGURES))
     for kind, s in slopes(low, high).items():
@@ -413,19 +495,25 @@ def paper_models() -> dict:
 def print_paper(low: dict, high: dict, scale: int) -> None:
     models = paper_models()
     s = slopes(low, high)
-    print("\nOn paper: figure = measured at "
-          f"{low['layers']} layers + slope per fp32 byte x (the model's fp32 bytes - the measured model's)\n")
+    print(
+        "\nOn paper: figure = measured at "
+        f"{low['layers']} layers + slope per fp32 byte x (the model's fp32 bytes - the measured model's)\n"
+    )
     if scale > 1:
-        print(f"(measured at --scale {scale}: the constant terms are those of a model 1/{scale * scale} the size, so "
-              "this table only shows the method; run without --scale for figures)\n")
+        print(
+            f"(measured at --scale {scale}: the constant terms are those of a model 1/{scale * scale} the size, so "
+            "this table only shows the method; run without --scale for figures)\n"
+        )
     print("| model | fp32 weights GB | export | wall min | peak RSS GB | peak anonymous GB | on disk GB |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for name, weights in models.items():
         for kind, slope in s.items():
             r = low["results"][kind]
             at = {key: r[key] + slope[key] * (weights - low["weights"]) for key, _ in FIGURES}
-            print(f"| {name} | {weights / 1e9:.0f} | {KINDS[kind]} | {at['seconds'] / 60:.0f} | {at['rss'] / 1e9:.0f} | "
-                  f"{at['anon'] / 1e9:.1f} | {at['disk'] / 1e9:.0f} |")
+            print(
+                f"| {name} | {weights / 1e9:.0f} | {KINDS[kind]} | {at['seconds'] / 60:.0f} | {at['rss'] / 1e9:.0f} | "
+                f"{at['anon'] / 1e9:.1f} | {at['disk'] / 1e9:.0f} |"
+            )
 
 
 # -- main ------------------------------------------------------------------------------------------------------
@@ -434,15 +522,23 @@ def print_paper(low: dict, high: dict, scale: int) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2, help="decoder layers of the checkpoint (default: 2)")
-    parser.add_argument("--growth", action="store_true",
-                        help="run at --growth-layers and print per-layer growth and the table on paper")
+    parser.add_argument(
+        "--growth", action="store_true", help="run at --growth-layers and print per-layer growth and the table on paper"
+    )
     parser.add_argument("--growth-layers", default="2,6", help="the two layer counts of --growth (default: 2,6)")
-    parser.add_argument("--runs", default=None,
-                        help=f"comma-separated exports, of {', '.join(KINDS)} (default: ours,ours-verify,qeff; "
-                             "with --growth: ours,ours-verify)")
-    parser.add_argument("--scale", type=int, default=1,
-                        help="divide hidden, moe_intermediate, head_dim and vocab by this (default: 1, the real "
-                             "shapes; 4: every tensor / 16, for a quick run)")
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help=f"comma-separated exports, of {', '.join(KINDS)} (default: ours,ours-verify,qeff; "
+        "with --growth: ours,ours-verify)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="divide hidden, moe_intermediate, head_dim and vocab by this (default: 1, the real "
+        "shapes; 4: every tensor / 16, for a quick run)",
+    )
     parser.add_argument("--prefill-seq-len", type=int, default=512)
     parser.add_argument("--ctx-len", type=int, default=4096)
     parser.add_argument("--num-cores", type=int, default=16)
@@ -450,12 +546,14 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=int, default=1, help="runs of each export; medians are printed")
     parser.add_argument("--samples-per-second", type=float, default=5.0)
     parser.add_argument("--stages", action="store_true", help="also print our exports' peaks per stage")
-    parser.add_argument("--python", default=sys.executable,
-                        help="the Python of the venv with optimum-qaic-moe (default: this one)")
+    parser.add_argument(
+        "--python", default=sys.executable, help="the Python of the venv with optimum-qaic-moe (default: this one)"
+    )
     parser.add_argument("--qeff-python", default=DEFAULT_QEFF_PYTHON, help="the Python of QEfficient's venv")
     parser.add_argument("--qeff-src", default="/work/qeff-pr935", help="the checkout of QEfficient PR #935")
-    parser.add_argument("--workdir", default=None,
-                        help="where checkpoints, exports and logs go (default: a new temporary directory)")
+    parser.add_argument(
+        "--workdir", default=None, help="where checkpoints, exports and logs go (default: a new temporary directory)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints and logs")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--from-json", default=None, help="print the tables of an earlier --json file, run nothing")
@@ -466,8 +564,10 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown --runs {unknown}: choose from {', '.join(KINDS)}")
     if "qeff" in args.runs and not os.path.isfile(args.qeff_python):
-        parser.error(f"--qeff-python {args.qeff_python} not found: set up QEfficient's venv as the docstring "
-                     "(--help) says, or leave qeff out of --runs")
+        parser.error(
+            f"--qeff-python {args.qeff_python} not found: set up QEfficient's venv as the docstring "
+            "(--help) says, or leave qeff out of --runs"
+        )
     if "qeff" in args.runs and not os.path.isdir(os.path.join(args.qeff_src, "QEfficient")):
         parser.error(f"--qeff-src {args.qeff_src} holds no QEfficient/: check out PR #935 as --help says")
     args.layer_counts = [int(v) for v in args.growth_layers.split(",")] if args.growth else [args.layers]
@@ -488,10 +588,23 @@ def main(argv=None) -> None:
     root = args.workdir or tempfile.mkdtemp(prefix="qaic-scale-")
     os.makedirs(root, exist_ok=True)
     shape = model_shape(args.scale)
-    print(f"Qwen3-MoE, Qwen3-30B-A3B's layer shapes{f' / {args.scale}' if args.scale > 1 else ''}: "
-          + ", ".join(f"{k} {shape[k]}" for k in ("hidden_size", "num_experts", "num_experts_per_tok",
-                                                   "moe_intermediate_size", "num_attention_heads",
-                                                   "num_key_value_heads", "head_dim", "vocab_size")), flush=True)
+    print(
+        f"Qwen3-MoE, Qwen3-30B-A3B's layer shapes{f' / {args.scale}' if args.scale > 1 else ''}: "
+        + ", ".join(
+            f"{k} {shape[k]}"
+            for k in (
+                "hidden_size",
+                "num_experts",
+                "num_experts_per_tok",
+                "moe_intermediate_size",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "head_dim",
+                "vocab_size",
+            )
+        ),
+        flush=True,
+    )
     measured = [measure_layers(layers, args, root) for layers in args.layer_counts]
     if args.json:
         with open(args.json, "w") as f:

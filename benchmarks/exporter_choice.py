@@ -88,14 +88,19 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="qaic-exporters-")
     model_dir = os.path.join(root, "model")
     weight_bytes = write_qwen3_moe_checkpoint(model_dir, **mid_size_shape(a.layers, a.hidden, a.experts))
-    print(f"Qwen3-MoE, {a.layers} layers, hidden {a.hidden}, {a.experts} experts top-8, "
-          f"{weight_bytes / 2**30:.2f} GiB fp32; prefill graph seq {a.seq}, ctx {a.ctx}, 16 cores, chunk 64")
+    print(
+        f"Qwen3-MoE, {a.layers} layers, hidden {a.hidden}, {a.experts} experts top-8, "
+        f"{weight_bytes / 2**30:.2f} GiB fp32; prefill graph seq {a.seq}, ctx {a.ctx}, 16 cores, chunk 64"
+    )
     print("| exporter | export s | peak RSS GiB | nodes | max rel. logits error vs transformers |")
     print("|---|---:|---:|---:|---:|")
     for exporter in ("dynamo", "torchscript"):
         path = os.path.join(root, f"{exporter}.onnx")
-        proc = subprocess.run([sys.executable, "-c", CHILD, exporter, model_dir, path, str(a.seq), str(a.ctx)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, exporter, model_dir, path, str(a.seq), str(a.ctx)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
             print(f"| {exporter} | failed: {last} | | | |")

@@ -27,8 +27,9 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from optimum_qaic_moe.exporters import main
 from optimum_qaic_moe.settings import ExportSettings
-(getattr(main, "run_export", None) or main.main_export)(ExportSettings(model=sys.argv[2], output=sys.argv[3], prefill_seq_len=int(sys.argv[4]),
-                           ctx_len=int(sys.argv[5]), num_cores=4, compile="never", verify=False))
+export = getattr(main, "run_export", None) or main.main_export  # the package before the rename has main_export
+export(ExportSettings(model=sys.argv[2], output=sys.argv[3], prefill_seq_len=int(sys.argv[4]),
+                      ctx_len=int(sys.argv[5]), num_cores=4, compile="never", verify=False))
 """
 
 
@@ -59,14 +60,18 @@ class Raw:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every rounding Cast
         self.sessions = {g: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for g, p in paths.items()}
         bind = {"batch_size": 1, "ctx_len": ctx, "sliding_window": min(window or ctx, ctx)}
-        self.shapes = {i.name: [bind.get(d, d) for d in i.shape] for i in self.sessions["prefill"].get_inputs()
-                       if i.name.startswith("past_")}
+        self.shapes = {
+            i.name: [bind.get(d, d) for d in i.shape]
+            for i in self.sessions["prefill"].get_inputs()
+            if i.name.startswith("past_")
+        }
         self.width = self.sessions["prefill"].get_inputs()[0].shape[1]
 
     def _run(self, graph, ids, pos):
         s = self.sessions[graph]
-        out = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"input_ids": ids, "position_ids": pos,
-                                                                      **self.cache})))
+        out = dict(
+            zip([o.name for o in s.get_outputs()], s.run(None, {"input_ids": ids, "position_ids": pos, **self.cache}))
+        )
         self.cache = {n: out[n + "_RetainedState"] for n in self.cache}
         return out["logits"][:, -1]
 
@@ -76,8 +81,8 @@ class Raw:
         for start in range(0, n, w):
             ids = np.zeros((1, w), np.int64)
             pos = np.full((1, w), -1, np.int64)
-            chunk = prompt[:, start:start + w]
-            ids[:, :chunk.shape[1]], pos[:, :chunk.shape[1]] = chunk, np.arange(start, start + chunk.shape[1])
+            chunk = prompt[:, start : start + w]
+            ids[:, : chunk.shape[1]], pos[:, : chunk.shape[1]] = chunk, np.arange(start, start + chunk.shape[1])
             logits = self._run("prefill", ids, pos)
         out, fed = [logits], []
         for step in range(steps):
@@ -95,17 +100,20 @@ def measure(export_dir, model_dir, prompt, steps, ctx):
 
     paths = graph_paths(export_dir)
     meta = json.load(open(os.path.join(export_dir, "qaic_config.json")))
-    window = meta.get("sliding_window") or (json.load(open(os.path.join(model_dir, "config.json")))
-                                            .get("sliding_window") if meta["model_type"] == "gpt_oss" else None)
+    window = meta.get("sliding_window") or (
+        json.load(open(os.path.join(model_dir, "config.json"))).get("sliding_window")
+        if meta["model_type"] == "gpt_oss"
+        else None
+    )
     fp32, tokens = Raw(paths, ctx, window).generate(prompt, steps)
-    paths16 = {g: p[:-len(".onnx")] + ".fp16.onnx" for g, p in paths.items()}
+    paths16 = {g: p[: -len(".onnx")] + ".fp16.onnx" for g, p in paths.items()}
     for g in paths:
         emulate_fp16(paths[g], paths16[g])
     fp16, _ = Raw(paths16, ctx, window).generate(prompt, steps, tokens)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     full = np.concatenate([prompt] + [t[:, None] for t in tokens], axis=1)
     with torch.no_grad():
-        ref = hf(torch.from_numpy(full)).logits[0, prompt.shape[1] - 1:].numpy()
+        ref = hf(torch.from_numpy(full)).logits[0, prompt.shape[1] - 1 :].numpy()
 
     def rel(a, b):
         return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
@@ -122,8 +130,12 @@ def measure(export_dir, model_dir, prompt, steps, ctx):
 
 
 def export(package_dir, model_dir, out, prefill, ctx):
-    subprocess.run([sys.executable, "-c", EXPORT, package_dir, model_dir, out, str(prefill), str(ctx)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", EXPORT, package_dir, model_dir, out, str(prefill), str(ctx)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main() -> None:
@@ -140,8 +152,10 @@ def main() -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     packages = [("after", here)] + ([("before", os.path.abspath(a.old_package))] if a.old_package else [])
     print(f"prompt {a.prompt} tokens in chunks of {a.prefill}, then {a.steps} greedy decode steps; ctx {a.ctx}")
-    print("| model | graphs | fp16 finite | max |fp16 - fp32| / scale | greedy agree | fp32 vs transformers "
-          "| nodes prefill (top + in functions) | nodes decode |")
+    print(
+        "| model | graphs | fp16 finite | max |fp16 - fp32| / scale | greedy agree | fp32 vs transformers "
+        "| nodes prefill (top + in functions) | nodes decode |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="qaic-fp16-") as root:
         for arch in ("qwen3_moe", "gpt_oss"):
@@ -154,9 +168,12 @@ def main() -> None:
                 export(package, model_dir, out, a.prefill, a.ctx)
                 r = measure(out, model_dir, prompt, a.steps, a.ctx)
                 nodes = {g: f"{t} + {i}" if i else str(t) for g, (t, i) in r["nodes"].items()}
-                print(f"| {arch} | {label} | {'yes' if r['finite'] else 'NO'} | {r['fp16_vs_fp32']:.2e} | "
-                      f"{r['agree']}/{r['steps']} | {r['fp32_vs_transformers']:.1e} | {nodes['prefill']} | "
-                      f"{nodes['decode']} |", flush=True)
+                print(
+                    f"| {arch} | {label} | {'yes' if r['finite'] else 'NO'} | {r['fp16_vs_fp32']:.2e} | "
+                    f"{r['agree']}/{r['steps']} | {r['fp32_vs_transformers']:.1e} | {nodes['prefill']} | "
+                    f"{nodes['decode']} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

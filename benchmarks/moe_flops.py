@@ -62,8 +62,10 @@ def rows_for(setup, T, k, E):
 
 def summary_table(setup):
     """auto against the targets: <= 2x the ideal FLOPs and no more weight loads than blocked at C=256."""
-    print("| model | T | blocked C=256: x ideal, loads, ms | blocked C=T: ms | **grouped, C auto**: C, x ideal, "
-          "loads, ms | grouped, best C without auto's guards: C, x ideal, loads, ms |")
+    print(
+        "| model | T | blocked C=256: x ideal, loads, ms | blocked C=T: ms | **grouped, C auto**: C, x ideal, "
+        "loads, ms | grouped, best C without auto's guards: C, x ideal, loads, ms |"
+    )
     print("|---|---:|---|---:|---|---|")
     for name, (E, k, H, I) in MODELS.items():
         W = 3 * H * I
@@ -71,15 +73,19 @@ def summary_table(setup):
             auto = setup.auto("grouped", T, k, E)
             best = min(range(1, T + 1), key=lambda C: (setup.predict("grouped", T, k, E, C).seconds, C))
             one_chunk = setup.predict("blocked", T, k, E, T, W).seconds * 1e3
-            print(f"| {name} | {T} | {cell(setup, 'blocked', T, k, E, 256, W)} | {one_chunk:.1f} | "
-                  f"C={auto}: {cell(setup, 'grouped', T, k, E, auto, W)} | "
-                  f"C={best}: {cell(setup, 'grouped', T, k, E, best, W)} |")
+            print(
+                f"| {name} | {T} | {cell(setup, 'blocked', T, k, E, 256, W)} | {one_chunk:.1f} | "
+                f"C={auto}: {cell(setup, 'grouped', T, k, E, auto, W)} | "
+                f"C={best}: {cell(setup, 'grouped', T, k, E, best, W)} |"
+            )
     print()
 
 
 def work_table(setup):
-    print("| model | T | dispatch | C | executed GFLOP | x ideal | weight loads | weight GB | "
-          "predicted ms (compute + DRAM) |")
+    print(
+        "| model | T | dispatch | C | executed GFLOP | x ideal | weight loads | weight GB | "
+        "predicted ms (compute + DRAM) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name, (E, k, H, I) in MODELS.items():
         W = 3 * H * I  # weight elements of one expert
@@ -87,14 +93,18 @@ def work_table(setup):
             for dispatch, C, label in rows_for(setup, T, k, E):
                 p = setup.predict(dispatch, T, k, E, C, W)
                 shown_c = min(C, T) if dispatch in ("blocked", "grouped") else "-"
-                print(f"| {name} | {T} | {label} | {shown_c} | {p.rows * 2 * W / 1e9:.1f} | {p.rows / (T * k):.2f} "
-                      f"| {p.loads} | {p.loads * W * setup.weight_bytes / 1e9:.2f} | {p.seconds * 1e3:.2f} "
-                      f"({p.compute_s * 1e3:.2f} + {p.dram_s * 1e3:.2f}) |")
+                print(
+                    f"| {name} | {T} | {label} | {shown_c} | {p.rows * 2 * W / 1e9:.1f} | {p.rows / (T * k):.2f} "
+                    f"| {p.loads} | {p.loads * W * setup.weight_bytes / 1e9:.2f} | {p.seconds * 1e3:.2f} "
+                    f"({p.compute_s * 1e3:.2f} + {p.dram_s * 1e3:.2f}) |"
+                )
 
 
 def trade_off_table(setup, T=128):
-    print(f"\nT={T}, grouped: executed / ideal FLOPs, weight loads, predicted ms per tile size C; blocked at its "
-          "default C=256 (one chunk) loads each expert once")
+    print(
+        f"\nT={T}, grouped: executed / ideal FLOPs, weight loads, predicted ms per tile size C; blocked at its "
+        "default C=256 (one chunk) loads each expert once"
+    )
     head = " | ".join(f"C={C}" for C in TRADE_OFF_TILES)
     print(f"| model | blocked C=256 | {head} | auto |")
     print("|---|" + "---|" * (len(TRADE_OFF_TILES) + 2))
@@ -128,28 +138,61 @@ def graph_check(setup, T=512):
     model = os.path.join(root, "model")
     write_qwen3_moe_checkpoint(model, **shape)
     cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
-    print(f"\nCounters against the exported graphs: 1-layer Qwen3-MoE, E={E}, k={k}, H={H}, I={I}, prefill T={T}, "
-          f"N={N} (decode graph: T=1)")
-    print("| graph | dispatch | C | expert MatMuls | graph FLOPs | counter FLOPs | graph weight loads | counter loads "
-          "| equal | export s |")
+    print(
+        f"\nCounters against the exported graphs: 1-layer Qwen3-MoE, E={E}, k={k}, H={H}, I={I}, prefill T={T}, "
+        f"N={N} (decode graph: T=1)"
+    )
+    print(
+        "| graph | dispatch | C | expert MatMuls | graph FLOPs | counter FLOPs | graph weight loads | counter loads "
+        "| equal | export s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
-    cases = [("prefill", "blocked", 256), ("prefill", "grouped", 32), ("prefill", "grouped", auto),
-             ("prefill", "loop", 256), ("decode", "gathered", 1)]
+    cases = [
+        ("prefill", "blocked", 256),
+        ("prefill", "grouped", 32),
+        ("prefill", "grouped", auto),
+        ("prefill", "loop", 256),
+        ("decode", "gathered", 1),
+    ]
     for graph, dispatch, C in cases:
         out = os.path.join(root, f"{dispatch}-{C}")
-        graph_args = (["--decode-only"] if graph == "decode" else
-                      ["--prefill-only", "--moe-prefill-dispatch", dispatch, "--moe-prefill-packed-chunk-size", str(C)])
+        graph_args = (
+            ["--decode-only"]
+            if graph == "decode"
+            else ["--prefill-only", "--moe-prefill-dispatch", dispatch, "--moe-prefill-packed-chunk-size", str(C)]
+        )
         t0 = time.perf_counter()
-        subprocess.run([cli, "export", "qaic", "--model", model, "--prefill-seq-len", str(T), "--ctx-len", str(2 * T),
-                        "--num-cores", str(N), *graph_args, "--no-verify", "--compile", "never", out],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                cli,
+                "export",
+                "qaic",
+                "--model",
+                model,
+                "--prefill-seq-len",
+                str(T),
+                "--ctx-len",
+                str(2 * T),
+                "--num-cores",
+                str(N),
+                *graph_args,
+                "--no-verify",
+                "--compile",
+                "never",
+                out,
+            ],
+            check=True,
+            capture_output=True,
+        )
         seconds = time.perf_counter() - t0
         got = graph_expert_work(os.path.join(out, graph, "model.onnx"))
         rows, loads = expert_work(dispatch, T if graph == "prefill" else 1, k, E, N, C)
         equal = got.flops == rows * 2 * W and got.weight_elements == loads * W
         shown_c = C if dispatch in ("blocked", "grouped") else "-"
-        print(f"| {graph} | {dispatch} | {shown_c} | {got.matmuls} | {got.flops:,} | {rows * 2 * W:,} | "
-              f"{got.weight_elements // W} | {loads} | {'yes' if equal else 'NO'} | {seconds:.0f} |")
+        print(
+            f"| {graph} | {dispatch} | {shown_c} | {got.matmuls} | {got.flops:,} | {rows * 2 * W:,} | "
+            f"{got.weight_elements // W} | {loads} | {'yes' if equal else 'NO'} | {seconds:.0f} |"
+        )
 
 
 def main():
@@ -161,14 +204,17 @@ def main():
     a = p.parse_args()
     setup = Setup(a.cores, DEVICES[a.device], MXFP6_BYTES if a.mxfp6 else FP16_BYTES)
     d = setup.device
-    print(f"Per MoE layer, N={a.cores} cores; cost model on {d.name}: {d.fp16_flops / 1e12:.1f} TFLOP/s fp16, "
-          f"{d.dram_bytes_per_s / 1e9:.0f} GB/s DRAM ({SOURCE}); expert weights "
-          f"{'MXFP6' if a.mxfp6 else 'fp16'} ({setup.weight_bytes:g} bytes each); predicted, not measured\n")
+    print(
+        f"Per MoE layer, N={a.cores} cores; cost model on {d.name}: {d.fp16_flops / 1e12:.1f} TFLOP/s fp16, "
+        f"{d.dram_bytes_per_s / 1e9:.0f} GB/s DRAM ({SOURCE}); expert weights "
+        f"{'MXFP6' if a.mxfp6 else 'fp16'} ({setup.weight_bytes:g} bytes each); predicted, not measured\n"
+    )
     summary_table(setup)
     work_table(setup)
     trade_off_table(setup)
     if not a.no_graph_check:
         graph_check(setup)
+
 
 if __name__ == "__main__":
     main()

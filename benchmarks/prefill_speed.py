@@ -23,9 +23,28 @@ VOCAB = 8000  # the embedding and lm_head only cost memory here; the MoE layers 
 
 
 def export(cli, model_dir, out, a, *graph_args):
-    subprocess.run([cli, "export", "qaic", "--model", model_dir, "--prefill-seq-len", str(a.seq), "--ctx-len",
-                    str(a.ctx), "--num-cores", str(a.cores), *graph_args, "--no-verify", "--compile", "never", out],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            cli,
+            "export",
+            "qaic",
+            "--model",
+            model_dir,
+            "--prefill-seq-len",
+            str(a.seq),
+            "--ctx-len",
+            str(a.ctx),
+            "--num-cores",
+            str(a.cores),
+            *graph_args,
+            "--no-verify",
+            "--compile",
+            "never",
+            out,
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def main() -> None:
@@ -57,8 +76,17 @@ def main() -> None:
     for dispatch, chunk in graphs:  # prefill graphs only: one copy of the weights each in memory
         name = f"{dispatch} C={chunk}" if dispatch != "loop" else "loop"
         out = os.path.join(root, name.replace(" ", "-"))
-        export(cli, model_dir, out, a, "--prefill-only", "--moe-prefill-dispatch", dispatch,
-               "--moe-prefill-packed-chunk-size", str(chunk))
+        export(
+            cli,
+            model_dir,
+            out,
+            a,
+            "--prefill-only",
+            "--moe-prefill-dispatch",
+            dispatch,
+            "--moe-prefill-packed-chunk-size",
+            str(chunk),
+        )
         runners[name] = CausalLMRunner(out)
         C = choose_chunk_size(dispatch, a.seq, k, a.experts, a.cores) if chunk == "auto" else int(chunk)
         rows[name] = (C, expert_work(dispatch, a.seq, k, a.experts, a.cores, C)[0])
@@ -80,8 +108,10 @@ def main() -> None:
         runner.decode(np.array([1]), np.array([a.seq + step]))
         decode.append(time.perf_counter() - t0)
 
-    print(f"Qwen3-MoE, {a.layers} layer(s), hidden {a.hidden}, {a.experts} experts top-{k}; prefill {a.seq} tokens, "
-          f"{a.cores} cores; median of {a.repeats}, onnxruntime CPU, {os.cpu_count()} cores")
+    print(
+        f"Qwen3-MoE, {a.layers} layer(s), hidden {a.hidden}, {a.experts} experts top-{k}; prefill {a.seq} tokens, "
+        f"{a.cores} cores; median of {a.repeats}, onnxruntime CPU, {os.cpu_count()} cores"
+    )
     base = statistics.median(times["blocked C=" + str(a.chunk)])
     reference = logits["blocked C=" + str(a.chunk)]
     print("| graph | C | expert rows / ideal | median ms | / blocked | max abs logits diff vs blocked |")
@@ -90,8 +120,10 @@ def main() -> None:
         C, executed = rows[name]
         median = statistics.median(times[name])
         shown_c = "-" if name == "loop" else C
-        print(f"| prefill, {name.split(' ')[0]} MoE | {shown_c} | {executed / (a.seq * k):.2f} | {1000 * median:.0f} "
-              f"| {median / base:.2f} | {np.abs(logits[name] - reference).max():.1e} |")
+        print(
+            f"| prefill, {name.split(' ')[0]} MoE | {shown_c} | {executed / (a.seq * k):.2f} | {1000 * median:.0f} "
+            f"| {median / base:.2f} | {np.abs(logits[name] - reference).max():.1e} |"
+        )
     print(f"| decode (gathered MoE), one token | - | 1.00 | {1000 * statistics.median(decode):.1f} | | |")
 
 

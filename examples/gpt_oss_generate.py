@@ -17,8 +17,9 @@ from optimum_qaic_moe.testing import write_tiny_checkpoint
 model_dir = sys.argv[1] if len(sys.argv) > 1 else write_tiny_checkpoint("gpt_oss", tempfile.mkdtemp())
 saved = tempfile.mkdtemp()
 
-model = QAICModelForCausalLM.from_pretrained(model_dir, export=True, batch_size=2, prefill_seq_len=8, ctx_len=64,
-                                            num_cores=3, moe_prefill_packed_chunk_size=5)
+model = QAICModelForCausalLM.from_pretrained(
+    model_dir, export=True, batch_size=2, prefill_seq_len=8, ctx_len=64, num_cores=3, moe_prefill_packed_chunk_size=5
+)
 model.save_pretrained(saved)  # the exported graphs, qaic_config.json, tokenizer and compile.sh
 model = QAICModelForCausalLM.from_pretrained(saved)
 

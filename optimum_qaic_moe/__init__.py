@@ -1,6 +1,6 @@
 """optimum-qaic-moe: Mixture-of-Experts models on Qualcomm Cloud AI 100, through Hugging Face Optimum.
 
-    from optimum_qaic_moe import QAICModelForCausalLM, main_export
+from optimum_qaic_moe import QAICModelForCausalLM, main_export
 """
 
 __version__ = "0.1.0"

@@ -39,8 +39,11 @@ def main_export(model_name_or_path: str, output: str, **options) -> str:
 def settings_from_options(model: str, output: str, options: dict, caller: str) -> ExportSettings:
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
-        hints = [f"{name} (did you mean {close[0]}?)" if close else name
-                 for name in unknown for close in [difflib.get_close_matches(name, OPTION_NAMES, n=1)]]
+        hints = [
+            f"{name} (did you mean {close[0]}?)" if close else name
+            for name in unknown
+            for close in [difflib.get_close_matches(name, OPTION_NAMES, n=1)]
+        ]
         raise TypeError(f"{caller}() got unexpected keyword argument(s): {', '.join(hints)}")
     return ExportSettings(model=model, output=output, **options)
 
@@ -64,12 +67,16 @@ def _options_doc() -> str:
 
 
 def _signature() -> inspect.Signature:
-    params = [inspect.Parameter("model_name_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
-              inspect.Parameter("output", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str)]
+    params = [
+        inspect.Parameter("model_name_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+        inspect.Parameter("output", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str),
+    ]
     types = field_types()
-    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f),
-                                 annotation=types[f.name]) for f in dataclasses.fields(ExportSettings)
-               if f.name in OPTION_NAMES]
+    params += [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default_of(f), annotation=types[f.name])
+        for f in dataclasses.fields(ExportSettings)
+        if f.name in OPTION_NAMES
+    ]
     return inspect.Signature(params, return_annotation=str)
 
 

@@ -33,8 +33,15 @@ SINGLE_FILE = "model.safetensors"
 
 # safetensors dtype codes this reader converts to float32 (other codes are read only as MXFP4 pairs)
 FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
-STORED_DTYPES = {**FLOAT_DTYPES, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-                 "I64": torch.int64, "BOOL": torch.bool}
+STORED_DTYPES = {
+    **FLOAT_DTYPES,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+}
 
 # The 16 FP4 (e2m1) code points of MXFP4, indexed by the 4-bit code.
 FP4_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -48,6 +55,7 @@ MXFP4_BLOCK = 32  # values sharing one scale: 16 bytes of two codes each
 @dataclass(frozen=True)
 class _Stored:
     """One tensor as a safetensors file stores it."""
+
     shard: _Shard
     dtype: str
     shape: tuple[int, ...]
@@ -78,8 +86,9 @@ class _Shard:
                 begin, end = (data_start + int(o) for o in info["data_offsets"])
                 stored = _Stored(self, info["dtype"], tuple(int(d) for d in info["shape"]), begin, end)
             except (KeyError, TypeError, ValueError) as e:
-                raise UserError(f"{path} has a malformed header entry for {name} ({e!r}): re-download or re-save "
-                                "it") from e
+                raise UserError(
+                    f"{path} has a malformed header entry for {name} ({e!r}): re-download or re-save it"
+                ) from e
             itemsize = STORED_DTYPES[stored.dtype].itemsize if stored.dtype in STORED_DTYPES else None
             if end > size or (itemsize and end - begin != _numel(stored.shape) * itemsize):
                 raise UserError(f"{path} is truncated or corrupt at tensor {name}: re-download or re-save it")
@@ -89,8 +98,10 @@ class _Shard:
         """Rows ``rows`` of dim 0 in the stored dtype, a zero-copy view of the mapping."""
         dtype = STORED_DTYPES.get(stored.dtype)
         if dtype is None:
-            raise UserError(f"{self.path}: tensors stored as {stored.dtype} are not supported (F32, BF16, F16, F64 "
-                            "and MXFP4 _blocks/_scales pairs are)")
+            raise UserError(
+                f"{self.path}: tensors stored as {stored.dtype} are not supported (F32, BF16, F16, F64 "
+                "and MXFP4 _blocks/_scales pairs are)"
+            )
         shape = stored.shape or (1,)
         row_elems = _numel(shape[1:])
         count = len(rows) * row_elems
@@ -132,13 +143,17 @@ def _weight_files(model_dir: str) -> tuple[list[str], dict[str, str] | None]:
         files = sorted(set(weight_map.values()))
         absent = [f for f in files if not os.path.isfile(os.path.join(model_dir, f))]
         if absent:
-            raise UserError(f"{model_dir} lacks {len(absent)} of the {len(files)} shards its {INDEX_FILE} lists "
-                            f"({', '.join(absent[:3])}): the download is incomplete, fetch the missing shards")
+            raise UserError(
+                f"{model_dir} lacks {len(absent)} of the {len(files)} shards its {INDEX_FILE} lists "
+                f"({', '.join(absent[:3])}): the download is incomplete, fetch the missing shards"
+            )
         return [os.path.join(model_dir, f) for f in files], weight_map
     if os.path.isfile(os.path.join(model_dir, SINGLE_FILE)):
         return [os.path.join(model_dir, SINGLE_FILE)], None
-    raise UserError(f"no safetensors weights in {model_dir}: expected {SINGLE_FILE} or {INDEX_FILE} "
-                    "(a pytorch_model.bin checkpoint can be converted by loading it and calling save_pretrained)")
+    raise UserError(
+        f"no safetensors weights in {model_dir}: expected {SINGLE_FILE} or {INDEX_FILE} "
+        "(a pytorch_model.bin checkpoint can be converted by loading it and calling save_pretrained)"
+    )
 
 
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -157,6 +172,7 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor
 @dataclass(frozen=True)
 class _Mxfp4:
     """An MXFP4 pair: blocks [E, out, G, 16] + scales [E, out, G], logically [E, in = G * 32, out]."""
+
     blocks: _Stored
     scales: _Stored
 
@@ -179,8 +195,13 @@ def _pair_mxfp4(stored: dict[str, _Stored]) -> dict[str, _Mxfp4]:
             continue
         base = name[: -len("_blocks")]
         scales = stored.get(base + "_scales")
-        if (scales is not None and blocks.dtype == scales.dtype == "U8" and len(blocks.shape) == 4
-                and blocks.shape[-1] == MXFP4_BLOCK // 2 and blocks.shape[:-1] == scales.shape):
+        if (
+            scales is not None
+            and blocks.dtype == scales.dtype == "U8"
+            and len(blocks.shape) == 4
+            and blocks.shape[-1] == MXFP4_BLOCK // 2
+            and blocks.shape[:-1] == scales.shape
+        ):
             pairs[base] = _Mxfp4(blocks, scales)
     return pairs
 
@@ -201,22 +222,30 @@ class SafetensorsCheckpoint:
             shard = _Shard(path)
             for name, tensor in shard.tensors.items():
                 if name in stored:
-                    raise UserError(f"{model_dir}: tensor {name} is in two shards ({stored[name].shard.path} and "
-                                    f"{path}): the checkpoint is corrupt, re-download or re-save it")
+                    raise UserError(
+                        f"{model_dir}: tensor {name} is in two shards ({stored[name].shard.path} and "
+                        f"{path}): the checkpoint is corrupt, re-download or re-save it"
+                    )
                 stored[name] = tensor
         if weight_map is not None:
-            lost = [n for n, f in weight_map.items() if n not in stored or stored[n].shard.path != os.path.join(
-                model_dir, f)]
+            lost = [
+                n
+                for n, f in weight_map.items()
+                if n not in stored or stored[n].shard.path != os.path.join(model_dir, f)
+            ]
             if lost:
-                raise UserError(f"{model_dir}: {len(lost)} tensors listed in {INDEX_FILE} are not in the shard it "
-                                f"names ({', '.join(lost[:3])}): the download is incomplete or mixed, fetch it again")
+                raise UserError(
+                    f"{model_dir}: {len(lost)} tensors listed in {INDEX_FILE} are not in the shard it "
+                    f"names ({', '.join(lost[:3])}): the download is incomplete or mixed, fetch it again"
+                )
         self._mxfp4 = _pair_mxfp4(stored)
         paired = {p.blocks for p in self._mxfp4.values()} | {p.scales for p in self._mxfp4.values()}
         self._plain = {n: s for n, s in stored.items() if s not in paired}
         both = sorted(set(self._plain) & set(self._mxfp4))
         if both:
-            raise UserError(f"{model_dir} holds {both[0]} twice, plain and as MXFP4 {both[0]}_blocks/_scales: keep "
-                            "one of them")
+            raise UserError(
+                f"{model_dir} holds {both[0]} twice, plain and as MXFP4 {both[0]}_blocks/_scales: keep one of them"
+            )
 
     def names(self) -> list[str]:
         return sorted([*self._plain, *self._mxfp4])
@@ -245,8 +274,10 @@ class SafetensorsCheckpoint:
         this process: the file is mapped copy-on-write)."""
         dtype = self.stored_dtype(name)
         if dtype not in FLOAT_DTYPES and dtype != "MXFP4":
-            raise UserError(f"{self.model_dir}: {name} is stored as {dtype}, not as a float: this reader takes F32, "
-                            "BF16, F16, F64 and MXFP4 (_blocks + _scales) tensors")
+            raise UserError(
+                f"{self.model_dir}: {name} is stored as {dtype}, not as a float: this reader takes F32, "
+                "BF16, F16, F64 and MXFP4 (_blocks + _scales) tensors"
+            )
         return self.stored(name, rows).to(torch.float32)  # no copy when already float32
 
     def _tensor(self, name: str):
@@ -270,14 +301,17 @@ class ExpertLayout:
         concatenates, in order: gate_up_proj [E, 2I, H] = cat(gate_proj [I, H], up_proj [I, H]).
     renames: (4.x name part, 5.x name part) of the other tensors of the block.
     """
+
     fused: dict[str, tuple[str, ...]]
     renames: tuple[tuple[str, str], ...] = ()
 
 
-_QWEN_EXPERTS = ExpertLayout({
-    "mlp.experts.gate_up_proj": ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"),
-    "mlp.experts.down_proj": ("mlp.experts.{e}.down_proj.weight",),
-})
+_QWEN_EXPERTS = ExpertLayout(
+    {
+        "mlp.experts.gate_up_proj": ("mlp.experts.{e}.gate_proj.weight", "mlp.experts.{e}.up_proj.weight"),
+        "mlp.experts.down_proj": ("mlp.experts.{e}.down_proj.weight",),
+    }
+)
 
 # GPT-OSS keeps the same fused [E, H, 2I] / [E, I, H] experts on every transformers line and in the Hub format:
 # it needs no entry.
@@ -285,8 +319,13 @@ EXPERT_LAYOUTS: dict[str, ExpertLayout] = {
     "qwen3_moe": _QWEN_EXPERTS,
     "qwen2_moe": _QWEN_EXPERTS,
     "mixtral": ExpertLayout(
-        {"mlp.experts.gate_up_proj": ("block_sparse_moe.experts.{e}.w1.weight", "block_sparse_moe.experts.{e}.w3.weight"),
-         "mlp.experts.down_proj": ("block_sparse_moe.experts.{e}.w2.weight",)},
+        {
+            "mlp.experts.gate_up_proj": (
+                "block_sparse_moe.experts.{e}.w1.weight",
+                "block_sparse_moe.experts.{e}.w3.weight",
+            ),
+            "mlp.experts.down_proj": ("block_sparse_moe.experts.{e}.w2.weight",),
+        },
         renames=((".block_sparse_moe.gate.", ".mlp.gate."),),
     ),
 }
@@ -295,6 +334,7 @@ EXPERT_LAYOUTS: dict[str, ExpertLayout] = {
 @dataclass(frozen=True)
 class _Direct:
     """A model tensor stored under one checkpoint name, in the same layout."""
+
     name: str
 
     def inputs(self):
@@ -310,6 +350,7 @@ class _Direct:
 @dataclass(frozen=True)
 class _Stacked:
     """A fused [E, D, ...] model tensor from per-expert checkpoint tensors: expert e = cat(parts[e], dim 0)."""
+
     parts: tuple[tuple[str, ...], ...]  # [expert][part]
     absent: tuple[str, ...] = ()  # the parts the checkpoint lacks
 
@@ -323,9 +364,12 @@ class _Stacked:
     def odd_parts(self, ckpt: SafetensorsCheckpoint) -> list[str]:
         """The stored parts shaped unlike the same part of the first complete expert."""
         want = self._part_shapes(ckpt)
-        return [f"{n} is {_dims(ckpt.shape(n))} in the checkpoint, {_dims(want[k])} like expert 0's"
-                for expert in self.parts for k, n in enumerate(expert)
-                if n not in self.absent and ckpt.shape(n) != want[k]]
+        return [
+            f"{n} is {_dims(ckpt.shape(n))} in the checkpoint, {_dims(want[k])} like expert 0's"
+            for expert in self.parts
+            for k, n in enumerate(expert)
+            if n not in self.absent and ckpt.shape(n) != want[k]
+        ]
 
     def _part_shapes(self, ckpt: SafetensorsCheckpoint) -> list[tuple[int, ...]]:
         whole = next(e for e in self.parts if not set(e) & set(self.absent))
@@ -340,7 +384,7 @@ class _Stacked:
             start = 0
             for name in self.parts[e]:
                 part = ckpt.stored(name)
-                out[i, start: start + part.shape[0]].copy_(part)  # converts to float32 on the way
+                out[i, start : start + part.shape[0]].copy_(part)  # converts to float32 on the way
                 start += part.shape[0]
         return out
 
@@ -348,6 +392,7 @@ class _Stacked:
 @dataclass(frozen=True)
 class _ExpertSlice:
     """A per-expert model tensor cut from a fused checkpoint tensor: fused[expert, start:stop]."""
+
     fused: str
     expert: int
     start: int
@@ -362,7 +407,7 @@ class _ExpertSlice:
     def read(self, ckpt: SafetensorsCheckpoint, rows: slice | None):
         picked = _rows(rows, self.stop - self.start)
         expert = ckpt.stored(self.fused, slice(self.expert, self.expert + 1))[0]  # [D, ...], a view
-        return expert[self.start + picked.start: self.start + picked.stop].to(torch.float32)
+        return expert[self.start + picked.start : self.start + picked.stop].to(torch.float32)
 
 
 def expert_name_regex(template: str) -> re.Pattern:
@@ -424,25 +469,35 @@ class HFWeights:
         """Refuse (UserError, one line) a checkpoint with missing tensors, unexpected tensors or shape mismatches."""
         missing = [n for n in self._shapes if n not in self._tied and n not in self._sources]
         missing += [f"{a}, part of {n}" for n, s in self._sources.items() for a in getattr(s, "absent", ())]
-        mismatched = [f"{n} is {_dims(s.shape(self.checkpoint))} in the checkpoint, {_dims(self._shapes[n])} in the "
-                      "model" for n, s in self._sources.items() if tuple(s.shape(self.checkpoint)) != self._shapes[n]]
+        mismatched = [
+            f"{n} is {_dims(s.shape(self.checkpoint))} in the checkpoint, {_dims(self._shapes[n])} in the model"
+            for n, s in self._sources.items()
+            if tuple(s.shape(self.checkpoint)) != self._shapes[n]
+        ]
         mismatched += self._fused_mismatches()
-        mismatched += [odd for s in self._sources.values() if isinstance(s, _Stacked) for odd in s.odd_parts(
-            self.checkpoint)]
+        mismatched += [
+            odd for s in self._sources.values() if isinstance(s, _Stacked) for odd in s.odd_parts(self.checkpoint)
+        ]
         consumed = {i for s in self._sources.values() for i in s.inputs()}
         consumed |= {a for a in self._tied if a in self.checkpoint}  # transformers loads a tied alias as its target
-        unexpected = [n for n in self.checkpoint.names()
-                      if n not in consumed and not any(p.search(n) for p in self._ignored)]
-        problems = [_count(missing, "missing tensor"), _count(unexpected, "unexpected tensor"),
-                    _count(mismatched, "shape mismatch", "shape mismatches")]
+        unexpected = [
+            n for n in self.checkpoint.names() if n not in consumed and not any(p.search(n) for p in self._ignored)
+        ]
+        problems = [
+            _count(missing, "missing tensor"),
+            _count(unexpected, "unexpected tensor"),
+            _count(mismatched, "shape mismatch", "shape mismatches"),
+        ]
         problems = [p for p in problems if p]
         if problems:
             import transformers
 
-            raise UserError(f"the checkpoint in {self.checkpoint.model_dir} does not fit the {self.model_class} that "
-                            f"transformers {transformers.__version__} builds from its config.json: "
-                            f"{'; '.join(problems)}. The weights and config.json disagree: complete the download, "
-                            "or use the config.json that came with these weights")
+            raise UserError(
+                f"the checkpoint in {self.checkpoint.model_dir} does not fit the {self.model_class} that "
+                f"transformers {transformers.__version__} builds from its config.json: "
+                f"{'; '.join(problems)}. The weights and config.json disagree: complete the download, "
+                "or use the config.json that came with these weights"
+            )
 
     # -- resolution ----------------------------------------------------------------------------------------------
 
@@ -454,7 +509,9 @@ class HFWeights:
         for fused, templates in layout.fused.items():
             if name.endswith("." + fused):  # model fused, checkpoint per expert?
                 prefix = name[: -len(fused) - 1]
-                parts = tuple(tuple(f"{prefix}.{t.format(e=e)}" for t in templates) for e in range(self._shapes[name][0]))
+                parts = tuple(
+                    tuple(f"{prefix}.{t.format(e=e)}" for t in templates) for e in range(self._shapes[name][0])
+                )
                 absent = tuple(p for expert in parts for p in expert if p not in ckpt)
                 if any(not set(expert) & set(absent) for expert in parts):  # stored per expert, maybe incompletely
                     return _Stacked(parts, absent)
@@ -484,8 +541,9 @@ class HFWeights:
             experts = max(s.expert for s in slices) + 1
             rows = max(s.stop for s in slices)
             if stored[0] != experts or stored[1] != rows:
-                out.append(f"{fused} is {_dims(stored)} in the checkpoint, {_dims((experts, rows, *stored[2:]))} in "
-                           "the model")
+                out.append(
+                    f"{fused} is {_dims(stored)} in the checkpoint, {_dims((experts, rows, *stored[2:]))} in the model"
+                )
         return out
 
 
@@ -552,6 +610,7 @@ QUANTIZATIONS = {"mxfp4": ("gpt_oss",)}  # quant_method -> the model types whose
 @dataclass(frozen=True)
 class _Misread:
     """config.json says ``field = value``; the installed transformers runs with ``used_field = used``."""
+
     field: str
     value: object
     used_field: str
@@ -577,14 +636,17 @@ def check_config(model_dir: str, config) -> None:
     misread += _hard_coded_misread(raw, unread)
     if not misread:
         return
-    what = "; ".join(f"{m.field} = {_show(m.value)} is ignored, the model would run with {m.used_field} = "
-                     f"{_show(m.used)}" for m in misread)
+    what = "; ".join(
+        f"{m.field} = {_show(m.value)} is ignored, the model would run with {m.used_field} = {_show(m.used)}"
+        for m in misread
+    )
     fixes = {m.fix[0]: m.fix[1] for m in misread if m.fix}
     fix = f"add {', '.join(f'{json.dumps(k)}: {json.dumps(v)}' for k, v in fixes.items())} to {path}" if fixes else ""
     if int(transformers.__version__.split(".")[0]) < 5:
         fix = f"{fix} or install transformers 5" if fix else "install transformers 5"
-    raise UserError(f"transformers {transformers.__version__} would build a different model than {path} describes: "
-                    f"{what}: {fix}")
+    raise UserError(
+        f"transformers {transformers.__version__} would build a different model than {path} describes: {what}: {fix}"
+    )
 
 
 def _check_quantization(raw: dict, path: str) -> None:
@@ -593,9 +655,11 @@ def _check_quantization(raw: dict, path: str) -> None:
         return
     method = quant.get("quant_method")
     if raw.get("model_type") not in QUANTIZATIONS.get(method, ()):
-        raise UserError(f"{path} declares quantization_config.quant_method {method!r} for {raw.get('model_type')}: "
-                        "only unquantized (float32/bf16/fp16) checkpoints and MXFP4 gpt-oss are read; use the "
-                        "model's unquantized release")
+        raise UserError(
+            f"{path} declares quantization_config.quant_method {method!r} for {raw.get('model_type')}: "
+            "only unquantized (float32/bf16/fp16) checkpoints and MXFP4 gpt-oss are read; use the "
+            "model's unquantized release"
+        )
 
 
 def _carried_fields(config) -> set[str]:
@@ -620,7 +684,9 @@ def _rope_misread(raw: dict, config, carried: set, unread: set) -> list[_Misread
     for field in ("rope_parameters", "rope_scaling", "rope_theta"):
         if field not in unread:
             continue
-        given = {"rope_theta": raw[field]} if field == "rope_theta" else _scaling(raw[field]) or {"rope_type": "default"}
+        given = (
+            {"rope_theta": raw[field]} if field == "rope_theta" else _scaling(raw[field]) or {"rope_type": "default"}
+        )
         for key, value in given.items():
             if _same(value, used.get(key)):
                 continue
@@ -657,8 +723,11 @@ def _synonym_misread(raw: dict, config, carried: set, unread: set) -> list[_Misr
 
 def _hard_coded_misread(raw: dict, unread: set) -> list[_Misread]:
     fixed = HARD_CODED.get(raw.get("model_type"), {})
-    return [_Misread(field, raw[field], f"{field} (hard-coded)", value, None)
-            for field, value in fixed.items() if field in raw and field in unread and not _same(raw[field], value)]
+    return [
+        _Misread(field, raw[field], f"{field} (hard-coded)", value, None)
+        for field, value in fixed.items()
+        if field in raw and field in unread and not _same(raw[field], value)
+    ]
 
 
 def _same(a, b) -> bool:

@@ -66,9 +66,11 @@ def parse_args_qaic(parser: ArgumentParser) -> None:
         for f in fields:
             names, kwargs = argparse_spec(f)
             section.add_argument(*names, **kwargs)
-    parser.add_argument("--list-plugins", action=ListPluginsAction,
-                        help="print the loaded plugins (distribution, version, hooks, what each registers) as JSON "
-                             "and exit")
+    parser.add_argument(
+        "--list-plugins",
+        action=ListPluginsAction,
+        help="print the loaded plugins (distribution, version, hooks, what each registers) as JSON and exit",
+    )
 
 
 class ListPluginsAction(Action):

@@ -25,8 +25,13 @@ from contextlib import contextmanager
 
 LOGGER_NAME = "optimum_qaic_moe"
 PREFIX = "[qaic] "
-_LEVELS = {"debug": _logging.DEBUG, "info": _logging.INFO, "warning": _logging.WARNING, "error": _logging.ERROR,
-           "critical": _logging.CRITICAL}
+_LEVELS = {
+    "debug": _logging.DEBUG,
+    "info": _logging.INFO,
+    "warning": _logging.WARNING,
+    "error": _logging.ERROR,
+    "critical": _logging.CRITICAL,
+}
 
 _cli_level: int | None = None  # set by the CLI; None: follow transformers' verbosity
 
@@ -100,14 +105,20 @@ def progress_enabled() -> bool:
     return hf_logging.is_progress_bar_enabled()
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-             unit: str = "step"):
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "step"):
     """A tqdm bar over ``iterable`` (or ``total`` steps, advanced with ``.update()``), shown only when
     ``progress_enabled()`` and stderr is a terminal (tqdm's ``disable=None``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=f"{PREFIX}{desc}", unit=unit, file=sys.stderr, leave=False,
-                disable=None if progress_enabled() else True)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=f"{PREFIX}{desc}",
+        unit=unit,
+        file=sys.stderr,
+        leave=False,
+        disable=None if progress_enabled() else True,
+    )
 
 
 class Steps:

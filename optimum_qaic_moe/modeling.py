@@ -35,8 +35,17 @@ from .sources import resolve_export_dir
 
 LOADING_OPTIONS = ("revision", "subfolder", "cache_dir", "token", "local_files_only", "trust_remote_code")
 # save_pretrained keywords of transformers that have no meaning for an export (the graphs are saved as they are).
-IGNORED_SAVE_OPTIONS = ("safe_serialization", "max_shard_size", "variant", "state_dict", "save_function",
-                        "is_main_process", "save_peft_format", "save_original_format", "token")
+IGNORED_SAVE_OPTIONS = (
+    "safe_serialization",
+    "max_shard_size",
+    "variant",
+    "state_dict",
+    "save_function",
+    "is_main_process",
+    "save_peft_format",
+    "save_original_format",
+    "token",
+)
 PUSH_OPTIONS = ("repo_id", "commit_message", "private", "revision", "create_pr")
 
 
@@ -48,8 +57,15 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
     main_input_name = "input_ids"
     _is_stateful = True  # the cache is device/session state: no assisted decoding
 
-    def __init__(self, export_dir: str, device: str = "cpu", _tempdir=None, trust_remote_code: bool = False,
-                 device_ids=None, data_path_timeout_ms=None):
+    def __init__(
+        self,
+        export_dir: str,
+        device: str = "cpu",
+        _tempdir=None,
+        trust_remote_code: bool = False,
+        device_ids=None,
+        data_path_timeout_ms=None,
+    ):
         from .exporters.publish import check_complete
 
         export_dir = os.path.abspath(export_dir)
@@ -62,8 +78,9 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         except OSError:
             self.generation_config = GenerationConfig.from_model_config(self.config)
         self.settings = ExportSettings.from_dict(meta["settings"])
-        self.runner = CausalLMRunner(export_dir, device=device, device_ids=device_ids,
-                                     data_path_timeout_ms=data_path_timeout_ms)
+        self.runner = CausalLMRunner(
+            export_dir, device=device, device_ids=device_ids, data_path_timeout_ms=data_path_timeout_ms
+        )
         self._tempdir = _tempdir  # keeps a temporary export alive as long as the model
         self._in_generate = False
         self._groups: list[dict] = []  # KV cache of each batch group of the current generation
@@ -79,8 +96,15 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
     # -- loading and saving ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model_id: str, export: bool = False, device: str = "cpu", device_ids=None,
-                        data_path_timeout_ms=None, **options):
+    def from_pretrained(
+        cls,
+        model_id: str,
+        export: bool = False,
+        device: str = "cpu",
+        device_ids=None,
+        data_path_timeout_ms=None,
+        **options,
+    ):
         """Load an export (a directory or a Hub id), or with ``export=True`` export a transformers checkpoint
         (a directory or a Hub id) first.
 
@@ -98,8 +122,10 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
             return cls._export(model_id, device, options, placement)
         unknown = sorted(set(options) - set(LOADING_OPTIONS))
         if unknown:
-            raise TypeError(f"from_pretrained() got unexpected keyword argument(s) for loading an export: "
-                            f"{', '.join(unknown)} (export options need export=True)")
+            raise TypeError(
+                f"from_pretrained() got unexpected keyword argument(s) for loading an export: "
+                f"{', '.join(unknown)} (export options need export=True)"
+            )
         trust_remote_code = options.pop("trust_remote_code", False)
         with python_errors():
             export_dir = resolve_export_dir(model_id, **options)
@@ -114,8 +140,13 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         options.setdefault("compile", "never" if device == "cpu" else "always")
         output = main_export(model_id, **options)
         with python_errors():
-            return cls(output, device=device, _tempdir=tempdir,
-                       trust_remote_code=bool(options.get("trust_remote_code")), **placement)
+            return cls(
+                output,
+                device=device,
+                _tempdir=tempdir,
+                trust_remote_code=bool(options.get("trust_remote_code")),
+                **placement,
+            )
 
     def save_pretrained(self, save_directory: str, push_to_hub: bool = False, **kwargs) -> None:
         """Copy the export (graphs, compiler inputs, compiled programs, config, tokenizer) to ``save_directory``.
@@ -129,12 +160,20 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
             shutil.copytree(self.export_dir, save_directory, dirs_exist_ok=True)
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
-            self.push_to_hub(repo_id, token=kwargs.get("token"),
-                             **{k: v for k, v in kwargs.items() if k in PUSH_OPTIONS})
+            self.push_to_hub(
+                repo_id, token=kwargs.get("token"), **{k: v for k, v in kwargs.items() if k in PUSH_OPTIONS}
+            )
 
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token: str | None = None, revision: str | None = None, create_pr: bool = False,
-                    **kwargs):
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **kwargs,
+    ):
         """Upload the export to the Hugging Face Hub repository ``repo_id`` (created if needed) through
         ``huggingface_hub``; returns its ``CommitInfo``. ``from_pretrained(repo_id)`` loads it back. transformers'
         weight keywords (``safe_serialization``, ``max_shard_size``, ...) are accepted and ignored."""
@@ -145,9 +184,13 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
             raise TypeError(f"push_to_hub() got unexpected keyword argument(s): {', '.join(unknown)}")
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        return api.upload_folder(repo_id=repo_id, folder_path=self.export_dir, revision=revision,
-                                 commit_message=commit_message or "Upload QAIC export (optimum-qaic-moe)",
-                                 create_pr=create_pr)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=self.export_dir,
+            revision=revision,
+            commit_message=commit_message or "Upload QAIC export (optimum-qaic-moe)",
+            create_pr=create_pr,
+        )
 
     # -- what GenerationMixin and pipelines need ------------------------------------------------------------
 
@@ -164,8 +207,7 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
-                 **kwargs):
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None, **kwargs):
         """transformers' ``generate`` (greedy, sampling, ``num_return_sequences``, streamers, stopping criteria),
         after checking what the fixed graphs cannot do, before any work."""
         config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
@@ -181,9 +223,11 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _check_generation(self, config: GenerationConfig, input_ids, attention_mask) -> None:
         if (config.num_beams or 1) > 1:
-            raise UserError(f"beam search (num_beams={config.num_beams}) is not supported: the exported graphs keep "
-                            "one KV cache per row and cannot reorder it between beams, and no export option changes "
-                            "that; use greedy search or sampling (do_sample=True, num_return_sequences=N)")
+            raise UserError(
+                f"beam search (num_beams={config.num_beams}) is not supported: the exported graphs keep "
+                "one KV cache per row and cannot reorder it between beams, and no export option changes "
+                "that; use greedy search or sampling (do_sample=True, num_return_sequences=N)"
+            )
         if input_ids is None:
             return
         self._check_ids(input_ids)
@@ -192,32 +236,46 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - input_ids.shape[1]
         # The last new token is never fed back: longest + new - 1 positions reach the cache.
         if new > 0 and longest + new - 1 > self.runner.ctx_len:
-            raise UserError(f"a prompt of {longest} tokens plus {new} new tokens needs {longest + new - 1} cache "
-                            f"positions, but this export has ctx_len={self.runner.ctx_len}: export again with "
-                            f"ctx_len={longest + new - 1} or more (--ctx-len), or set "
-                            f"max_new_tokens={self.runner.ctx_len - longest + 1}")
+            raise UserError(
+                f"a prompt of {longest} tokens plus {new} new tokens needs {longest + new - 1} cache "
+                f"positions, but this export has ctx_len={self.runner.ctx_len}: export again with "
+                f"ctx_len={longest + new - 1} or more (--ctx-len), or set "
+                f"max_new_tokens={self.runner.ctx_len - longest + 1}"
+            )
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
         if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise UserError(f"empty prompt: input_ids has shape {tuple(input_ids.shape)}; give at least one token "
-                            "per row, as [batch, tokens]")
+            raise UserError(
+                f"empty prompt: input_ids has shape {tuple(input_ids.shape)}; give at least one token "
+                "per row, as [batch, tokens]"
+            )
         vocab = self.config.vocab_size
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= vocab:
             bad = low if low < 0 else high
-            raise UserError(f"token id {bad} is outside the vocabulary [0, {vocab}): check the tokenizer matches "
-                            "the model (padding must use a real token id, such as pad_token_id)")
+            raise UserError(
+                f"token id {bad} is outside the vocabulary [0, {vocab}): check the tokenizer matches "
+                "the model (padding must use a real token id, such as pad_token_id)"
+            )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, logits_to_keep: int | None = None,
-                return_dict: bool | None = None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        logits_to_keep: int | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
         """Logits of each row's last token, ``[batch, 1, vocab]``. In ``generate``, the first call runs the
         (left-padded) prompt and later calls feed the last token of the sequence so far; any other call is a fresh
         prompt."""
         if labels is not None or logits_to_keep not in (None, 1):
-            raise UserError("QAICModelForCausalLM computes the logits of each row's last token only (the graphs "
-                            "output no other position): scoring a whole sequence (labels=..., logits_to_keep=0) needs "
-                            "the transformers model")
+            raise UserError(
+                "QAICModelForCausalLM computes the logits of each row's last token only (the graphs "
+                "output no other position): scoring a whole sequence (labels=..., logits_to_keep=0) needs "
+                "the transformers model"
+            )
         self._check_ids(input_ids)
         ids = input_ids.cpu().numpy()
         mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy()
@@ -236,8 +294,10 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         """Prompts [N, n] -> logits [N, V]; one KV cache per group of ``batch_size`` rows."""
         longest = int(mask.sum(axis=1).max())
         if longest > self.runner.ctx_len:
-            raise UserError(f"a prompt of {longest} tokens does not fit this export's ctx_len={self.runner.ctx_len}: "
-                            f"export again with ctx_len={longest} or more (--ctx-len)")
+            raise UserError(
+                f"a prompt of {longest} tokens does not fit this export's ctx_len={self.runner.ctx_len}: "
+                f"export again with ctx_len={longest} or more (--ctx-len)"
+            )
         groups, logits = [], []
         for rows in self._row_groups(len(ids)):
             logits.append(self.runner.prefill(*self._fill(rows, ids, mask))[: len(rows)])
@@ -267,9 +327,11 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"QAICModelForCausalLM({self.config.model_type}, graphs={self.runner.meta['graphs']}, "
-                f"batch_size={s.batch_size}, prefill_seq_len={s.prefill_seq_len}, ctx_len={s.ctx_len}, "
-                f"num_cores={s.num_cores}, export_dir={self.export_dir!r})")
+        return (
+            f"QAICModelForCausalLM({self.config.model_type}, graphs={self.runner.meta['graphs']}, "
+            f"batch_size={s.batch_size}, prefill_seq_len={s.prefill_seq_len}, ctx_len={s.ctx_len}, "
+            f"num_cores={s.num_cores}, export_dir={self.export_dir!r})"
+        )
 
 
 def _register_for_pipelines() -> None:

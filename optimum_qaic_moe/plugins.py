@@ -37,7 +37,8 @@ COMPILE_BACKEND_MODULES = ("optimum_qaic_moe.compiler.qaic",)
 
 HOOKS = tuple(sorted(name for name, f in vars(hookspecs).items() if hasattr(f, f"{PROJECT}_spec")))
 BACKEND_MEMBERS = tuple(CompileBackend.__annotations__) + tuple(
-    name for name in vars(CompileBackend) if not name.startswith("_") and callable(vars(CompileBackend)[name]))
+    name for name in vars(CompileBackend) if not name.startswith("_") and callable(vars(CompileBackend)[name])
+)
 FIX = f"fix or uninstall the plugin, or set {DISABLE_ENV}=1 to load the built-ins only"
 
 
@@ -66,8 +67,11 @@ def builtin_plugins() -> tuple:
     import pkgutil
 
     package = importlib.import_module(ARCHITECTURES_PACKAGE)
-    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__)
-                     if not m.name.startswith("_") and m.name not in NOT_ARCHITECTURES)
+    modules = sorted(
+        m.name
+        for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_") and m.name not in NOT_ARCHITECTURES
+    )
     return tuple(f"{ARCHITECTURES_PACKAGE}.{m}" for m in modules) + COMPILE_BACKEND_MODULES
 
 
@@ -101,8 +105,9 @@ def _load_entry_points(pm: PluginManager) -> None:
             try:
                 plugin = ep.load()
             except Exception as e:  # whatever a broken plugin raises: name the plugin, not our traceback
-                raise PluginError(f"{pm.describe(ep.name)} failed to import ({ep.value}): {type(e).__name__}: "
-                                  f"{_one_line(e)}; {FIX}") from e
+                raise PluginError(
+                    f"{pm.describe(ep.name)} failed to import ({ep.value}): {type(e).__name__}: {_one_line(e)}; {FIX}"
+                ) from e
             _register(pm, plugin, ep.name)
 
 
@@ -110,8 +115,9 @@ def _register(pm: PluginManager, plugin, name: str | None) -> None:
     try:
         pm.register(plugin, name=name)
     except (pluggy.PluginValidationError, ValueError) as e:  # hook arguments the spec lacks; registered twice
-        raise PluginError(f"{pm.describe(name or pm.get_canonical_name(plugin))} cannot be registered: "
-                          f"{_one_line(e)}; {FIX}") from e
+        raise PluginError(
+            f"{pm.describe(name or pm.get_canonical_name(plugin))} cannot be registered: {_one_line(e)}; {FIX}"
+        ) from e
 
 
 def _check_pending(pm: PluginManager) -> None:
@@ -119,11 +125,14 @@ def _check_pending(pm: PluginManager) -> None:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
         unknown = sorted(c.name for c in pm.get_hookcallers(e.plugin) or () if not c.has_spec())
-        guesses = [f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, HOOKS, n=1)) else ""
-                   for u in unknown]
+        guesses = [
+            f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, HOOKS, n=1)) else "" for u in unknown
+        ]
         named = ", ".join(u + g for u, g in zip(unknown, guesses))
-        raise PluginError(f"{pm.describe(pm.get_name(e.plugin))} implements {named}, which is not a hook of "
-                          f"optimum_qaic_moe (the hooks: {', '.join(HOOKS)}); {FIX}") from e
+        raise PluginError(
+            f"{pm.describe(pm.get_name(e.plugin))} implements {named}, which is not a hook of "
+            f"optimum_qaic_moe (the hooks: {', '.join(HOOKS)}); {FIX}"
+        ) from e
 
 
 def _one_line(e: BaseException) -> str:
@@ -171,8 +180,10 @@ def _collect(hook: str, key: Callable[[Any], str], problem: Callable[[Any], str 
                 raise PluginError(f"{pm.describe(_plugin)} registers {wrong}; {FIX}")
             name = key(item)
             if name in found:
-                raise PluginError(f"{pm.describe(owner[name])} and {pm.describe(_plugin)} both register the {what} "
-                                  f"{name!r}: uninstall one of them")
+                raise PluginError(
+                    f"{pm.describe(owner[name])} and {pm.describe(_plugin)} both register the {what} "
+                    f"{name!r}: uninstall one of them"
+                )
             found[name], owner[name] = item, _plugin
 
         impl.function(register=register)
@@ -224,8 +235,10 @@ def get_export_configs() -> dict[str, type]:
 
 # -- what `optimum-cli export qaic --list-plugins` prints --------------------------------------------------------
 
-REGISTERED = {"register_architectures": ("architectures", lambda arch: arch.model_type),
-              "register_compile_backends": ("compile_backends", lambda backend: backend.name)}
+REGISTERED = {
+    "register_architectures": ("architectures", lambda arch: arch.model_type),
+    "register_compile_backends": ("compile_backends", lambda backend: backend.name),
+}
 
 
 def list_plugins() -> list[dict]:

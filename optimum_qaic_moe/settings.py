@@ -64,55 +64,93 @@ def option(default: Any = MISSING, *, help: str, group: str, default_factory: An
 
 @dataclass
 class ExportSettings:
-    model: str = option("", required=True, short="-m", metavar="MODEL", group="model",
-                        help="checkpoint directory or Hub model id (Qwen3-MoE, GPT-OSS)")
-    output: str = option("", positional=True, record=False, metavar="OUTPUT", group="model",
-                         help="directory to write the export to")
-    overwrite: bool = option(False, group="model",
-                             help="export into a non-empty OUTPUT that holds no earlier export (files of other "
-                                  "names are kept; an earlier export is always replaced)")
+    model: str = option(
+        "",
+        required=True,
+        short="-m",
+        metavar="MODEL",
+        group="model",
+        help="checkpoint directory or Hub model id (Qwen3-MoE, GPT-OSS)",
+    )
+    output: str = option(
+        "", positional=True, record=False, metavar="OUTPUT", group="model", help="directory to write the export to"
+    )
+    overwrite: bool = option(
+        False,
+        group="model",
+        help="export into a non-empty OUTPUT that holds no earlier export (files of other "
+        "names are kept; an earlier export is always replaced)",
+    )
     task: Literal["text-generation-with-past"] = option(
-        "text-generation-with-past", metavar="TASK", group="model",
-        help="text-generation-with-past, the only task (graphs carry the KV cache)")
+        "text-generation-with-past",
+        metavar="TASK",
+        group="model",
+        help="text-generation-with-past, the only task (graphs carry the KV cache)",
+    )
     revision: str | None = option(None, metavar="REV", group="model", help="Hub branch, tag or commit (default: main)")
     subfolder: str = option("", metavar="DIR", group="model", help="checkpoint folder inside the directory or repo")
-    cache_dir: str | None = option(None, metavar="DIR", group="model", help="Hugging Face cache (default: HF_HUB_CACHE)")
-    token: str | None = option(None, metavar="TOKEN", group="model", record=False,
-                               help="Hub token for private or gated models")
+    cache_dir: str | None = option(
+        None, metavar="DIR", group="model", help="Hugging Face cache (default: HF_HUB_CACHE)"
+    )
+    token: str | None = option(
+        None, metavar="TOKEN", group="model", record=False, help="Hub token for private or gated models"
+    )
     local_files_only: bool = option(False, group="model", help="use only files already in the Hugging Face cache")
     trust_remote_code: bool = option(False, group="model", help="allow custom code from the checkpoint")
 
     batch_size: int = option(1, minimum=1, group="shapes", help="batch size of both graphs")
-    prefill_seq_len: int = option(128, minimum=1, group="shapes",
-                                  help="tokens per prefill call; longer prompts run as chunks")
-    ctx_len: int | list[int] = option(1024, minimum=1, separator=",", metavar="N[,N...]", group="shapes",
-                                      help="KV cache length: prompt plus generated tokens; several values "
-                                           "(4096,8192) give one graph with one compiler specialization each")
+    prefill_seq_len: int = option(
+        128, minimum=1, group="shapes", help="tokens per prefill call; longer prompts run as chunks"
+    )
+    ctx_len: int | list[int] = option(
+        1024,
+        minimum=1,
+        separator=",",
+        metavar="N[,N...]",
+        group="shapes",
+        help="KV cache length: prompt plus generated tokens; several values "
+        "(4096,8192) give one graph with one compiler specialization each",
+    )
     prefill_only: bool = option(False, group="shapes", help="export only the prefill graph")
     decode_only: bool = option(False, group="shapes", help="export only the decode graph")
-    enable_chunking: bool = option(True, flag="--enable-chunking", group="shapes",
-                                   help="accepted for QEfficient compatibility (always on)")
+    enable_chunking: bool = option(
+        True, flag="--enable-chunking", group="shapes", help="accepted for QEfficient compatibility (always on)"
+    )
 
     num_cores: int = option(16, minimum=1, group="moe", help="NSPs the experts are dealt over, and compiled for")
     moe_prefill_packed_chunk_size: int | Literal["auto"] = option(
-        256, minimum=1, metavar="C", group="moe",
-        help="rows per packed chunk (blocked) or per tile (grouped); auto: chosen by the cost model")
+        256,
+        minimum=1,
+        metavar="C",
+        group="moe",
+        help="rows per packed chunk (blocked) or per tile (grouped); auto: chosen by the cost model",
+    )
     moe_prefill_dispatch: Literal["blocked", "grouped", "loop"] = option(
-        "blocked", metavar="NAME", group="moe",
-        help="MoE prefill: blocked (NSP-parallel), grouped (~2x ideal FLOPs) or loop")
+        "blocked",
+        metavar="NAME",
+        group="moe",
+        help="MoE prefill: blocked (NSP-parallel), grouped (~2x ideal FLOPs) or loop",
+    )
 
     compile: Literal["auto", "always", "never"] = option(
-        "auto", group="compile", help="auto: compile if a compiler is found, else write compile.sh")
-    compile_backend: str = option("qaic-compile", metavar="NAME", group="compile",
-                                  help="compile backend; plugins can register more")
-    compiler: str | None = option(None, metavar="PATH", group="compile",
-                                  help="qaic-compile to run (default: PATH, then /opt/qti-aic/exec)")
+        "auto", group="compile", help="auto: compile if a compiler is found, else write compile.sh"
+    )
+    compile_backend: str = option(
+        "qaic-compile", metavar="NAME", group="compile", help="compile backend; plugins can register more"
+    )
+    compiler: str | None = option(
+        None, metavar="PATH", group="compile", help="qaic-compile to run (default: PATH, then /opt/qti-aic/exec)"
+    )
     aic_hw_version: Literal["auto", "ai100", "ai200"] = option(
-        "auto", group="compile", help="target hardware version; auto asks qaic-util, else ai100")
-    compiler_options: list[str] = option(default_factory=list, flag="--compiler-option", metavar="OPT",
-                                         group="compile",
-                                         help="passed to the compiler as given, e.g. --compiler-option=-sub-functions "
-                                              "(repeatable)")
+        "auto", group="compile", help="target hardware version; auto asks qaic-util, else ai100"
+    )
+    compiler_options: list[str] = option(
+        default_factory=list,
+        flag="--compiler-option",
+        metavar="OPT",
+        group="compile",
+        help="passed to the compiler as given, e.g. --compiler-option=-sub-functions (repeatable)",
+    )
     num_devices: int = option(1, minimum=1, group="compile", help="devices to partition the program over")
     mxfp6_matmul: bool = option(False, group="compile", help="compile matmul weights to MXFP6")
     mxint8_kv_cache: bool = option(False, group="compile", help="KV cache in MXINT8 on the device (else fp16)")
@@ -121,9 +159,13 @@ class ExportSettings:
 
     opset: int = option(18, group="onnx", help="ONNX opset, 14 to 23")
 
-    verify: bool = option(True, flag="--no-verify", group="verification",
-                          help="compare the exported graphs in onnxruntime with transformers",
-                          flag_help="skip comparing the graphs in onnxruntime with transformers")
+    verify: bool = option(
+        True,
+        flag="--no-verify",
+        group="verification",
+        help="compare the exported graphs in onnxruntime with transformers",
+        flag_help="skip comparing the graphs in onnxruntime with transformers",
+    )
 
     def validate(self) -> ExportSettings:
         """Types, ranges and combinations. Messages name the CLI flags; the Python API translates them to its
@@ -143,8 +185,10 @@ class ExportSettings:
         if not self.ctx_lens:
             raise UserError("--ctx-len needs at least one value")
         if self.prefill_seq_len > min(self.ctx_lens):
-            raise UserError(f"--prefill-seq-len {self.prefill_seq_len} is longer than --ctx-len "
-                            f"{min(self.ctx_lens)}: raise --ctx-len or lower --prefill-seq-len")
+            raise UserError(
+                f"--prefill-seq-len {self.prefill_seq_len} is longer than --ctx-len "
+                f"{min(self.ctx_lens)}: raise --ctx-len or lower --prefill-seq-len"
+            )
         if self.prefill_only and self.decode_only:
             raise UserError("--prefill-only and --decode-only exclude each other: pass at most one")
         if not 14 <= self.opset <= 23:
@@ -167,8 +211,13 @@ class ExportSettings:
     @property
     def loading_options(self) -> dict[str, Any]:
         """The standard Hugging Face loading keywords, as ``huggingface_hub`` and transformers name them."""
-        return {"revision": self.revision, "subfolder": self.subfolder, "cache_dir": self.cache_dir,
-                "token": self.token, "local_files_only": self.local_files_only}
+        return {
+            "revision": self.revision,
+            "subfolder": self.subfolder,
+            "cache_dir": self.cache_dir,
+            "token": self.token,
+            "local_files_only": self.local_files_only,
+        }
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -190,8 +239,10 @@ class ExportSettings:
         hints = _type_hints()
         for f in dataclasses.fields(cls):
             if f.name in data and not _has_type(data[f.name], hints[f.name]):
-                raise UserError(f"{where}: settings.{f.name} must be {_describe(hints[f.name])}, "
-                                f"got {data[f.name]!r}: the file was edited or is damaged; re-export")
+                raise UserError(
+                    f"{where}: settings.{f.name} must be {_describe(hints[f.name])}, "
+                    f"got {data[f.name]!r}: the file was edited or is damaged; re-export"
+                )
         return cls.from_dict(data)
 
 
@@ -410,6 +461,6 @@ def _describe(hint) -> str:
         return "one of " + ", ".join(repr(arg) for arg in typing.get_args(hint))
     if origin is list:
         return "a list"
-    return {int: "an integer", str: "a string", bool: "True or False", float: "a number",
-            type(None): "None"}.get(hint, getattr(hint, "__name__", str(hint)))
-
+    return {int: "an integer", str: "a string", bool: "True or False", float: "a number", type(None): "None"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )

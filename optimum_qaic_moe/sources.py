@@ -23,51 +23,104 @@ CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".data")
 
 # config.json fields that are sizes: when present (and not null), each must be a positive integer.
-SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "head_dim", "num_experts", "num_local_experts",
-               "n_routed_experts", "num_experts_per_tok", "max_position_embeddings", "sliding_window")
+SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "moe_intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "num_experts",
+    "num_local_experts",
+    "n_routed_experts",
+    "num_experts_per_tok",
+    "max_position_embeddings",
+    "sliding_window",
+)
 EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
 # -- resolution ---------------------------------------------------------------------------------------------------
 
 
-def resolve_model_dir(model: str, *, revision: str | None = None, subfolder: str = "",
-                      cache_dir: str | None = None, token: str | None = None, local_files_only: bool = False,
-                      trust_remote_code: bool = False) -> str:
+def resolve_model_dir(
+    model: str,
+    *,
+    revision: str | None = None,
+    subfolder: str = "",
+    cache_dir: str | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+    trust_remote_code: bool = False,
+) -> str:
     """A checkpoint directory holding config.json, from a local path or a Hub model id."""
     patterns = list(CHECKPOINT_PATTERNS) + (["*.py"] if trust_remote_code else [])
-    path = _resolve(model, "model", revision=revision, subfolder=subfolder, cache_dir=cache_dir, token=token,
-                    local_files_only=local_files_only, patterns=patterns)
+    path = _resolve(
+        model,
+        "model",
+        revision=revision,
+        subfolder=subfolder,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        patterns=patterns,
+    )
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"no config.json in {path}: the model must be a transformers checkpoint directory "
-                        "(config.json and the weights) or a Hub id of one")
+        raise UserError(
+            f"no config.json in {path}: the model must be a transformers checkpoint directory "
+            "(config.json and the weights) or a Hub id of one"
+        )
     return path
 
 
-def resolve_export_dir(model: str, *, revision: str | None = None, subfolder: str = "",
-                       cache_dir: str | None = None, token: str | None = None,
-                       local_files_only: bool = False) -> str:
+def resolve_export_dir(
+    model: str,
+    *,
+    revision: str | None = None,
+    subfolder: str = "",
+    cache_dir: str | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> str:
     """A QAIC export directory (qaic_config.json, graphs), from a local path or a Hub id (every file of it)."""
-    return _resolve(model, "export", revision=revision, subfolder=subfolder, cache_dir=cache_dir, token=token,
-                    local_files_only=local_files_only, patterns=None)
+    return _resolve(
+        model,
+        "export",
+        revision=revision,
+        subfolder=subfolder,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        patterns=None,
+    )
 
 
 def _resolve(model: str, what: str, *, revision, subfolder, cache_dir, token, local_files_only, patterns) -> str:
     path = os.path.expanduser(model)
     if os.path.lexists(path):
         if not os.path.exists(path):
-            raise UserError(f"{what} {model} is a broken symbolic link (to {os.readlink(path)}): "
-                            "point it at an existing directory")
+            raise UserError(
+                f"{what} {model} is a broken symbolic link (to {os.readlink(path)}): point it at an existing directory"
+            )
         if not os.path.isdir(path):
             raise UserError(f"{what} {model} is a file: give the directory that holds it")
         return _subfolder(path, subfolder, model)
     if not _is_repo_id(model):
-        raise UserError(f"{what} directory not found: {model} (give a local directory or a Hugging Face Hub "
-                        "id such as Qwen/Qwen3-30B-A3B)")
+        raise UserError(
+            f"{what} directory not found: {model} (give a local directory or a Hugging Face Hub "
+            "id such as Qwen/Qwen3-30B-A3B)"
+        )
     allow = None if patterns is None else [f"{subfolder.strip('/')}/{p}" if subfolder else p for p in patterns]
-    snapshot = _snapshot_download(model, revision=revision, cache_dir=cache_dir, token=token,
-                                  local_files_only=local_files_only, allow_patterns=allow)
+    snapshot = _snapshot_download(
+        model,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        allow_patterns=allow,
+    )
     return _subfolder(snapshot, subfolder, model)
 
 
@@ -96,23 +149,40 @@ def _snapshot_download(repo_id: str, *, revision, cache_dir, token, local_files_
 
     where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
     try:
-        return huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                                 local_files_only=local_files_only, allow_patterns=allow_patterns)
+        return huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            allow_patterns=allow_patterns,
+        )
     except errors.GatedRepoError:
-        raise UserError(f"{where} is a gated model: accept its conditions on huggingface.co and pass a token "
-                        "(--token or `hf auth login`)") from None
+        raise UserError(
+            f"{where} is a gated model: accept its conditions on huggingface.co and pass a token "
+            "(--token or `hf auth login`)"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise UserError(f"no model {repo_id} on the Hugging Face Hub (or it is private: pass --token), and no "
-                        "such local directory") from None
+        raise UserError(
+            f"no model {repo_id} on the Hugging Face Hub (or it is private: pass --token), and no such local directory"
+        ) from None
     except errors.RevisionNotFoundError:
-        raise UserError(f"{repo_id} has no revision {revision!r}: give an existing branch, tag or commit "
-                        "to --revision") from None
+        raise UserError(
+            f"{repo_id} has no revision {revision!r}: give an existing branch, tag or commit to --revision"
+        ) from None
     except errors.LocalEntryNotFoundError:
         cache = cache_dir or constants.HF_HUB_CACHE
-        why = ("local_files_only is set" if local_files_only else
-               "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached")
-        raise UserError(f"{where} is not a local directory and not in the Hugging Face cache ({cache}), and {why}: "
-                        f"download it first (hf download {repo_id}) or give a local directory") from None
+        why = (
+            "local_files_only is set"
+            if local_files_only
+            else "HF_HUB_OFFLINE is set"
+            if constants.HF_HUB_OFFLINE
+            else "the Hub could not be reached"
+        )
+        raise UserError(
+            f"{where} is not a local directory and not in the Hugging Face cache ({cache}), and {why}: "
+            f"download it first (hf download {repo_id}) or give a local directory"
+        ) from None
     except (errors.HfHubHTTPError, OSError, ValueError) as e:  # incomplete snapshot, HTTP error, bad token, ...
         raise UserError(f"could not get {where} from the Hugging Face Hub: {_first_line(e)}") from None
 
@@ -127,13 +197,14 @@ def read_model_config(model_dir: str) -> dict:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): "
-                        "repair it or download the checkpoint again") from None
+        raise UserError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): "
+            "repair it or download the checkpoint again"
+        ) from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not a UTF-8 text file: download the checkpoint again") from None
     if not isinstance(config, dict):
-        raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object: it is not a transformers "
-                        "config")
+        raise UserError(f"{path} holds a JSON {type(config).__name__}, not an object: it is not a transformers config")
     check_model_config(config, path)
     return config
 
@@ -143,7 +214,7 @@ def check_model_config(config: dict, path: str) -> None:
     if not model_type:
         raise UserError(f"{path} has no model_type: is this a transformers checkpoint?")
     if not isinstance(model_type, str):
-        raise UserError(f"{path}: model_type must be a string such as \"qwen3_moe\", got {model_type!r}")
+        raise UserError(f'{path}: model_type must be a string such as "qwen3_moe", got {model_type!r}')
     for name in SIZE_FIELDS:
         value = config.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -151,8 +222,10 @@ def check_model_config(config: dict, path: str) -> None:
     experts = next((config[n] for n in EXPERT_COUNT_FIELDS if config.get(n) is not None), None)
     top_k = config.get("num_experts_per_tok")
     if experts is not None and top_k is not None and top_k > experts:
-        raise UserError(f"{path}: num_experts_per_tok is {top_k} but the model has {experts} experts: a token "
-                        "cannot pick more experts than there are")
+        raise UserError(
+            f"{path}: num_experts_per_tok is {top_k} but the model has {experts} experts: a token "
+            "cannot pick more experts than there are"
+        )
     heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
     if heads is not None and kv_heads is not None and heads % kv_heads:
         raise UserError(f"{path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")

@@ -16,14 +16,14 @@ A source is a transformers parameter (read by name) or another recipe's paramete
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-ReadRows = Callable[[str, Optional[slice]], torch.Tensor]  # (transformers parameter name, dim-0 rows) -> fp32
+ReadRows = Callable[[str, slice | None], torch.Tensor]  # (transformers parameter name, dim-0 rows) -> fp32
 BLOCK_BYTES = 64 << 20  # rows written per step
 
 
@@ -74,10 +74,10 @@ class WeightWriter:
     or from an in-memory model). Parameters with neither a recipe nor a name were computed at build time (e.g.
     RoPE tables): ``own`` holds their data when the module has since moved to the meta device."""
 
-    def __init__(self, names: Dict[int, str], read: ReadRows, own: Optional[Dict[int, torch.Tensor]] = None):
+    def __init__(self, names: dict[int, str], read: ReadRows, own: dict[int, torch.Tensor] | None = None):
         self.names, self.read, self.own = names, read, own or {}
 
-    def sources(self, param: torch.Tensor) -> List[str]:
+    def sources(self, param: torch.Tensor) -> list[str]:
         """The transformers parameter names param is made of."""
         recipe = getattr(param, "qaic_recipe", None)
         if recipe is None:
@@ -109,7 +109,7 @@ class WeightWriter:
             n = recipe.source.shape[0]
             step = _rows_per_block(recipe.source)
             for a in range(0, n, step):
-                out[:, a:a + step] = self.rows(recipe.source, slice(a, a + step)).t().numpy()
+                out[:, a : a + step] = self.rows(recipe.source, slice(a, a + step)).t().numpy()
             return
         n = param.shape[0] if param.dim() else 1
         if param.dim() == 0:
@@ -117,7 +117,7 @@ class WeightWriter:
             return
         step = _rows_per_block(param)
         for a in range(0, n, step):
-            out[a:a + step] = self.rows(param, slice(a, a + step)).numpy()
+            out[a : a + step] = self.rows(param, slice(a, a + step)).numpy()
 
 
 def _rows_per_block(t: torch.Tensor) -> int:

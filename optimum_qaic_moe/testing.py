@@ -10,9 +10,9 @@ Formats (``--format``): ``fp32`` (default) is the installed transformers' own ``
 Hub releases' on-disk format (Qwen3-MoE: bf16 in 4 shards with per-expert names and Qwen/Qwen3-*'s config.json
 fields; gpt-oss: MXFP4 experts, bf16 elsewhere, shards, openai/gpt-oss-*'s config.json with its
 quantization_config; Mixtral and Qwen2-MoE: bf16 shards with per-expert names and the config.json fields of
-mistralai/Mixtral-8x7B-v0.1 and Qwen/Qwen1.5-MoE-A2.7B) at the Hub models' knobs (``HUB_OVERRIDES``); ``bf16`` is ``save_pretrained`` in bf16, in
-shards (gpt-oss's dequantized releases); ``fused`` is what transformers 5 writes with
-``save_pretrained(save_original_format=False)``: fused experts and a 5.x config.json.
+mistralai/Mixtral-8x7B-v0.1 and Qwen/Qwen1.5-MoE-A2.7B) at the Hub models' knobs (``HUB_OVERRIDES``);
+``bf16`` is ``save_pretrained`` in bf16, in shards (gpt-oss's dequantized releases); ``fused`` is what transformers 5
+writes with ``save_pretrained(save_original_format=False)``: fused experts and a 5.x config.json.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ WORDS = (
 ).split()
 SPECIALS = ("<unk>", "<pad>", "<s>", "</s>")
 
+
 def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -36,8 +37,14 @@ def build_tokenizer():
     vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(WORDS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", model_input_names=["input_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def tiny_configs() -> dict:
@@ -94,61 +101,203 @@ FORMATS = ("fp32", "hub", "bf16", "fused")
 # KV head, a dense layer (mlp_only_layers) and rope_theta 1e6; gpt-oss with widths MXFP4 can hold (multiples of
 # 32), 8 experts top-4, alternating sliding and full attention.
 HUB_OVERRIDES = {
-    "qwen3_moe": {"num_experts": 128, "num_experts_per_tok": 8, "num_key_value_heads": 1, "num_hidden_layers": 3,
-                  "mlp_only_layers": [1], "moe_intermediate_size": 8, "rope_theta": 1e6},
-    "gpt_oss": {"hidden_size": 64, "intermediate_size": 64, "head_dim": 16, "num_attention_heads": 4,
-                "num_key_value_heads": 2, "num_local_experts": 8, "num_experts_per_tok": 4},
+    "qwen3_moe": {
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "num_key_value_heads": 1,
+        "num_hidden_layers": 3,
+        "mlp_only_layers": [1],
+        "moe_intermediate_size": 8,
+        "rope_theta": 1e6,
+    },
+    "gpt_oss": {
+        "hidden_size": 64,
+        "intermediate_size": 64,
+        "head_dim": 16,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 4,
+    },
     # Mixtral-8x7B: 8 experts top-2, 4 query heads per KV head, rope_theta 1e6, no sliding window
-    "mixtral": {"num_local_experts": 8, "num_experts_per_tok": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
-                "router_aux_loss_coef": 0.02},
+    "mixtral": {
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "num_key_value_heads": 1,
+        "rope_theta": 1e6,
+        "router_aux_loss_coef": 0.02,
+    },
     # Qwen1.5-MoE-A2.7B: 60 experts top-4, not renormalized, a shared expert 4x an expert's width, no GQA, a
     # sliding_window that use_sliding_window leaves off
-    "qwen2_moe": {"num_experts": 60, "num_experts_per_tok": 4, "norm_topk_prob": False, "moe_intermediate_size": 8,
-                  "shared_expert_intermediate_size": 32, "num_key_value_heads": 4, "rope_theta": 1e6},
+    "qwen2_moe": {
+        "num_experts": 60,
+        "num_experts_per_tok": 4,
+        "norm_topk_prob": False,
+        "moe_intermediate_size": 8,
+        "shared_expert_intermediate_size": 32,
+        "num_key_value_heads": 4,
+        "rope_theta": 1e6,
+    },
 }
 
 # The fields of the Hub releases' config.json (Qwen/Qwen3-30B-A3B and Qwen/Qwen3-235B-A22B carry the same list;
 # openai/gpt-oss-20b and -120b too), in their order; values come from the tiny config.
 HUB_CONFIG_FIELDS = {
-    "qwen3_moe": ("architectures", "attention_bias", "attention_dropout", "bos_token_id", "decoder_sparse_step",
-                  "eos_token_id", "head_dim", "hidden_act", "hidden_size", "initializer_range", "intermediate_size",
-                  "max_position_embeddings", "max_window_layers", "mlp_only_layers", "model_type",
-                  "moe_intermediate_size", "norm_topk_prob", "num_attention_heads", "num_experts",
-                  "num_experts_per_tok", "num_hidden_layers", "num_key_value_heads", "output_router_logits",
-                  "rms_norm_eps", "rope_scaling", "rope_theta", "router_aux_loss_coef", "sliding_window",
-                  "tie_word_embeddings", "torch_dtype", "transformers_version", "use_cache", "use_sliding_window",
-                  "vocab_size"),
-    "gpt_oss": ("architectures", "attention_bias", "attention_dropout", "eos_token_id", "experts_per_token", "head_dim",
-                "hidden_act", "hidden_size", "initial_context_length", "initializer_range", "intermediate_size",
-                "layer_types", "max_position_embeddings", "model_type", "num_attention_heads", "num_experts_per_tok",
-                "num_hidden_layers", "num_key_value_heads", "num_local_experts", "output_router_logits",
-                "pad_token_id", "quantization_config", "rms_norm_eps", "rope_scaling", "rope_theta",
-                "router_aux_loss_coef", "sliding_window", "swiglu_limit", "tie_word_embeddings",
-                "transformers_version", "use_cache", "vocab_size"),
-    "mixtral": ("architectures", "attention_dropout", "bos_token_id", "eos_token_id", "hidden_act", "hidden_size",
-                "initializer_range", "intermediate_size", "max_position_embeddings", "model_type",
-                "num_attention_heads", "num_experts_per_tok", "num_hidden_layers", "num_key_value_heads",
-                "num_local_experts", "output_router_logits", "rms_norm_eps", "rope_theta", "router_aux_loss_coef",
-                "sliding_window", "tie_word_embeddings", "torch_dtype", "transformers_version", "use_cache",
-                "vocab_size"),
-    "qwen2_moe": ("architectures", "attention_dropout", "bos_token_id", "eos_token_id", "hidden_act", "hidden_size",
-                  "initializer_range", "intermediate_size", "max_position_embeddings", "max_window_layers",
-                  "model_type", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "rms_norm_eps",
-                  "rope_theta", "sliding_window", "tie_word_embeddings", "torch_dtype", "transformers_version",
-                  "use_cache", "use_sliding_window", "vocab_size", "decoder_sparse_step", "moe_intermediate_size",
-                  "shared_expert_intermediate_size", "num_experts_per_tok", "num_experts", "norm_topk_prob",
-                  "output_router_logits", "router_aux_loss_coef"),
+    "qwen3_moe": (
+        "architectures",
+        "attention_bias",
+        "attention_dropout",
+        "bos_token_id",
+        "decoder_sparse_step",
+        "eos_token_id",
+        "head_dim",
+        "hidden_act",
+        "hidden_size",
+        "initializer_range",
+        "intermediate_size",
+        "max_position_embeddings",
+        "max_window_layers",
+        "mlp_only_layers",
+        "model_type",
+        "moe_intermediate_size",
+        "norm_topk_prob",
+        "num_attention_heads",
+        "num_experts",
+        "num_experts_per_tok",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "output_router_logits",
+        "rms_norm_eps",
+        "rope_scaling",
+        "rope_theta",
+        "router_aux_loss_coef",
+        "sliding_window",
+        "tie_word_embeddings",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+        "use_sliding_window",
+        "vocab_size",
+    ),
+    "gpt_oss": (
+        "architectures",
+        "attention_bias",
+        "attention_dropout",
+        "eos_token_id",
+        "experts_per_token",
+        "head_dim",
+        "hidden_act",
+        "hidden_size",
+        "initial_context_length",
+        "initializer_range",
+        "intermediate_size",
+        "layer_types",
+        "max_position_embeddings",
+        "model_type",
+        "num_attention_heads",
+        "num_experts_per_tok",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "num_local_experts",
+        "output_router_logits",
+        "pad_token_id",
+        "quantization_config",
+        "rms_norm_eps",
+        "rope_scaling",
+        "rope_theta",
+        "router_aux_loss_coef",
+        "sliding_window",
+        "swiglu_limit",
+        "tie_word_embeddings",
+        "transformers_version",
+        "use_cache",
+        "vocab_size",
+    ),
+    "mixtral": (
+        "architectures",
+        "attention_dropout",
+        "bos_token_id",
+        "eos_token_id",
+        "hidden_act",
+        "hidden_size",
+        "initializer_range",
+        "intermediate_size",
+        "max_position_embeddings",
+        "model_type",
+        "num_attention_heads",
+        "num_experts_per_tok",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "num_local_experts",
+        "output_router_logits",
+        "rms_norm_eps",
+        "rope_theta",
+        "router_aux_loss_coef",
+        "sliding_window",
+        "tie_word_embeddings",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+        "vocab_size",
+    ),
+    "qwen2_moe": (
+        "architectures",
+        "attention_dropout",
+        "bos_token_id",
+        "eos_token_id",
+        "hidden_act",
+        "hidden_size",
+        "initializer_range",
+        "intermediate_size",
+        "max_position_embeddings",
+        "max_window_layers",
+        "model_type",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "rope_theta",
+        "sliding_window",
+        "tie_word_embeddings",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+        "use_sliding_window",
+        "vocab_size",
+        "decoder_sparse_step",
+        "moe_intermediate_size",
+        "shared_expert_intermediate_size",
+        "num_experts_per_tok",
+        "num_experts",
+        "norm_topk_prob",
+        "output_router_logits",
+        "router_aux_loss_coef",
+    ),
 }
 HUB_CONFIG_VALUES = {
     "qwen3_moe": {"torch_dtype": "bfloat16", "transformers_version": "4.51.0"},
-    "gpt_oss": {"hidden_act": "silu", "initial_context_length": 4096, "swiglu_limit": 7.0,
-                "transformers_version": "4.55.0.dev0",
-                "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
-                                                                   "model.embed_tokens", "lm_head"],
-                                        "quant_method": "mxfp4"}},
+    "gpt_oss": {
+        "hidden_act": "silu",
+        "initial_context_length": 4096,
+        "swiglu_limit": 7.0,
+        "transformers_version": "4.55.0.dev0",
+        "quantization_config": {
+            "modules_to_not_convert": [
+                "model.layers.*.self_attn",
+                "model.layers.*.mlp.router",
+                "model.embed_tokens",
+                "lm_head",
+            ],
+            "quant_method": "mxfp4",
+        },
+    },
     "mixtral": {"torch_dtype": "bfloat16", "transformers_version": "4.36.0.dev0", "sliding_window": None},
-    "qwen2_moe": {"torch_dtype": "bfloat16", "transformers_version": "4.39.0.dev0", "sliding_window": 32768,
-                  "use_sliding_window": False},
+    "qwen2_moe": {
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.39.0.dev0",
+        "sliding_window": 32768,
+        "use_sliding_window": False,
+    },
 }
 HUB_NUM_SHARDS = {"qwen3_moe": 4, "gpt_oss": 3, "mixtral": 3, "qwen2_moe": 3}
 MXFP4_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
@@ -170,8 +319,9 @@ def saved_tensors(model) -> tuple[dict, dict]:
     return tensors, config
 
 
-def write_shards(tensors: dict, path: str, num_shards: int, shard_name: str = "model-{i:05d}-of-{n:05d}.safetensors",
-                 first: int = 1) -> None:
+def write_shards(
+    tensors: dict, path: str, num_shards: int, shard_name: str = "model-{i:05d}-of-{n:05d}.safetensors", first: int = 1
+) -> None:
     """Save ``tensors`` in order into ``num_shards`` safetensors files of about equal size, plus the index."""
     from safetensors.torch import save_file
 
@@ -223,16 +373,20 @@ def _rope_as_4x(config) -> tuple[float, dict | None]:
 def hub_config(model_type: str, config) -> dict:
     """config.json as the Hub release of ``model_type`` has it (its fields, 4.x spellings) for ``config``."""
     rope_theta, rope_scaling = _rope_as_4x(config)
-    values = dict(config.to_dict(), rope_theta=rope_theta, rope_scaling=rope_scaling,
-                  num_experts=getattr(config, "num_experts", None), max_window_layers=config.num_hidden_layers,
-                  experts_per_token=config.num_experts_per_tok, architectures=config.architectures or
-                  [type(config).__name__.replace("Config", "ForCausalLM")])
+    values = dict(
+        config.to_dict(),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        num_experts=getattr(config, "num_experts", None),
+        max_window_layers=config.num_hidden_layers,
+        experts_per_token=config.num_experts_per_tok,
+        architectures=config.architectures or [type(config).__name__.replace("Config", "ForCausalLM")],
+    )
     values.update(HUB_CONFIG_VALUES[model_type])
     return {k: values.get(k) for k in HUB_CONFIG_FIELDS[model_type]}
 
 
-def write_hub_checkpoint(model_type: str, path: str, seed: int = 0, num_shards: int | None = None,
-                         **overrides) -> str:
+def write_hub_checkpoint(model_type: str, path: str, seed: int = 0, num_shards: int | None = None, **overrides) -> str:
     """A tiny ``model_type`` checkpoint in its Hub release's on-disk format (see the module docstring)."""
     import torch
 
@@ -282,7 +436,9 @@ def fused_tensors(model_type: str, tensors: dict) -> dict:
     from .checkpoint import EXPERT_LAYOUTS, expert_name_regex
 
     layout = EXPERT_LAYOUTS[model_type]
-    patterns = [(target, k, expert_name_regex(t)) for target, parts in layout.fused.items() for k, t in enumerate(parts)]
+    patterns = [
+        (target, k, expert_name_regex(t)) for target, parts in layout.fused.items() for k, t in enumerate(parts)
+    ]
     out, pieces = {}, {}  # pieces: fused name -> {expert: {part index: tensor}}
     for name, t in tensors.items():
         hit = next(((target, k, m) for target, k, regex in patterns if (m := regex.match(name))), None)
@@ -327,8 +483,12 @@ def write_fused_checkpoint(model_type: str, path: str, seed: int = 0, **override
 
 def write_checkpoint(model_type: str, path: str, format: str = "fp32", seed: int = 0, **overrides) -> str:
     """A tiny ``model_type`` checkpoint in ``format`` (one of ``FORMATS``)."""
-    writers = {"fp32": write_tiny_checkpoint, "hub": write_hub_checkpoint, "bf16": write_bf16_checkpoint,
-               "fused": write_fused_checkpoint}
+    writers = {
+        "fp32": write_tiny_checkpoint,
+        "hub": write_hub_checkpoint,
+        "bf16": write_bf16_checkpoint,
+        "fused": write_fused_checkpoint,
+    }
     if format not in writers:
         raise ValueError(f"unknown checkpoint format {format!r}; known: {', '.join(FORMATS)}")
     if format == "fused" and model_type != "qwen3_moe":
@@ -347,10 +507,14 @@ def main(argv=None) -> None:
     parser.add_argument("model_type", choices=sorted(tiny_configs()))
     parser.add_argument("path")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--format", choices=FORMATS, default="fp32",
-                        help="fp32: save_pretrained (default); hub: the Hub release's on-disk format (bf16 shards, "
-                             "gpt-oss MXFP4); bf16: save_pretrained in bf16 shards; fused: transformers 5's fused "
-                             "experts (qwen3_moe)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="fp32",
+        help="fp32: save_pretrained (default); hub: the Hub release's on-disk format (bf16 shards, "
+        "gpt-oss MXFP4); bf16: save_pretrained in bf16 shards; fused: transformers 5's fused "
+        "experts (qwen3_moe)",
+    )
     args = parser.parse_args(argv)
     if args.format == "fused" and args.model_type != "qwen3_moe":
         parser.exit(2, "error: --format fused is transformers 5's Qwen3-MoE layout: use it with qwen3_moe\n")

@@ -40,8 +40,22 @@ def exports(tmp_path_factory, tiny_dirs):
     root = tmp_path_factory.mktemp("exports")
     out = {}
     for arch, model in tiny_dirs.items():
-        proc = optimum_cli("export", "qaic", "--model", model, "--prefill-seq-len", 8, "--ctx-len", "32,64",
-                           "--num-cores", 4, "--moe-prefill-packed-chunk-size", 5, root / arch, check=True)
+        proc = optimum_cli(
+            "export",
+            "qaic",
+            "--model",
+            model,
+            "--prefill-seq-len",
+            8,
+            "--ctx-len",
+            "32,64",
+            "--num-cores",
+            4,
+            "--moe-prefill-packed-chunk-size",
+            5,
+            root / arch,
+            check=True,
+        )
         out[arch] = (str(root / arch), proc)
     return out
 

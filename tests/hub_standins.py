@@ -86,13 +86,16 @@ class UploadStandIn:
                 parts = self.path.split("/")  # /api/models/{org}/{name}/{preupload|commit}/{revision}
                 if len(parts) == 7 and parts[5] == "preupload":
                     files = json.loads(body)["files"]  # small files go inline in the commit
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in files]})
+                    return self._reply(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 if len(parts) == 7 and parts[5] == "commit":
                     owner.commits.append(_parse_commit(f"{parts[3]}/{parts[4]}", parts[6], body))
                     oid = "0" * 40
-                    return self._reply(200, {"commitOid": oid, "commitUrl": f"{owner.endpoint}/{parts[3]}/"
-                                                                             f"{parts[4]}/commit/{oid}"})
+                    return self._reply(
+                        200, {"commitOid": oid, "commitUrl": f"{owner.endpoint}/{parts[3]}/{parts[4]}/commit/{oid}"}
+                    )
                 self._reply(404, {"error": "not served by the stand-in"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -20,8 +20,6 @@ are not exact fp16 numbers); RMSNorm is the compiler's CustomRMSNorm kernel.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +67,7 @@ class RotaryTables(nn.Module):
         self.cos = nn.Parameter(cos[0, :, :half].contiguous(), requires_grad=False)  # [P, D/2]
         self.sin = nn.Parameter(sin[0, :, :half].contiguous(), requires_grad=False)
 
-    def forward(self, position_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos = position_ids.clamp(min=0)  # padding (-1) reads position 0; those rows are masked anyway
         return F.embedding(pos, self.cos), F.embedding(pos, self.sin)  # [B, S, D/2], a Gather each
 
@@ -82,10 +80,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
-def kv_cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor,
-                       past_v: torch.Tensor, position_ids: torch.Tensor, scaling: float,
-                       sliding_window: Optional[int] = None, sinks: Optional[torch.Tensor] = None,
-                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def kv_cache_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    position_ids: torch.Tensor,
+    scaling: float,
+    sliding_window: int | None = None,
+    sinks: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [B, Hq, S, D], k/v [B, Hkv, S, D], past [B, Hkv, L, D] -> out [B, S, Hq*D], new past k, v."""
     B, Hq, S, D = q.shape
     L = past_k.shape[2]
@@ -136,9 +141,19 @@ class Attention(nn.Module):
     """GQA attention on the QAIC KV cache. Optional per-head q/k RMSNorm (Qwen3), attention sinks (GPT-OSS) and a
     sliding window."""
 
-    def __init__(self, q: Linear, k: Linear, v: Linear, o: Linear, head_dim: int, scaling: float,
-                 q_norm: Optional[RMSNorm] = None, k_norm: Optional[RMSNorm] = None,
-                 sinks: Optional[torch.Tensor] = None, sliding_window: Optional[int] = None):
+    def __init__(
+        self,
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        o: Linear,
+        head_dim: int,
+        scaling: float,
+        q_norm: RMSNorm | None = None,
+        k_norm: RMSNorm | None = None,
+        sinks: torch.Tensor | None = None,
+        sliding_window: int | None = None,
+    ):
         super().__init__()
         self.q, self.k, self.v, self.o = q, k, v, o
         self.q_norm, self.k_norm, self.sinks = q_norm, k_norm, sinks
@@ -152,8 +167,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out, new_k, new_v = kv_cache_attention(q, k, v, past_k, past_v, position_ids, self.scaling,
-                                               self.sliding_window, self.sinks)
+        out, new_k, new_v = kv_cache_attention(
+            q, k, v, past_k, past_v, position_ids, self.scaling, self.sliding_window, self.sinks
+        )
         return self.o(out), new_k, new_v
 
 
@@ -175,25 +191,34 @@ class DecoderLayer(nn.Module):
 class CausalLMGraph(nn.Module):
     """The module the QAIC graphs are traced from: the graph contract above, over ``DecoderLayer``s."""
 
-    def __init__(self, embed: torch.Tensor, rope: RotaryTables, layers: List[DecoderLayer], norm: nn.Module,
-                 lm_head: Linear, layer_kinds: List[str]):
+    def __init__(
+        self,
+        embed: torch.Tensor,
+        rope: RotaryTables,
+        layers: list[DecoderLayer],
+        norm: nn.Module,
+        lm_head: Linear,
+        layer_kinds: list[str],
+    ):
         super().__init__()
         self.embed, self.rope, self.layers, self.norm, self.lm_head = embed, rope, nn.ModuleList(layers), norm, lm_head
         self.layer_kinds = layer_kinds  # layers of one kind share one ONNX function
 
-    def with_layers(self, layers: List[nn.Module]) -> "CausalLMGraph":
+    def with_layers(self, layers: list[nn.Module]) -> CausalLMGraph:
         """The same graph over other layer modules (the export traces layers separately)."""
         return CausalLMGraph(self.embed, self.rope, layers, self.norm, self.lm_head, self.layer_kinds).eval()
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                past_key_values: List[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, past_key_values: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
         """past_key_values: [past_key.0, past_value.0, past_key.1, ...]. Returns (logits, *retained_state)."""
         hidden = F.embedding(input_ids, self.embed)  # [B, S, H]
         cos, sin = self.rope(position_ids)
         retained = []
         for i, layer in enumerate(self.layers):
-            hidden, new_k, new_v = layer(hidden, cos, sin, position_ids, past_key_values[2 * i],
-                                         past_key_values[2 * i + 1])
+            hidden, new_k, new_v = layer(
+                hidden, cos, sin, position_ids, past_key_values[2 * i], past_key_values[2 * i + 1]
+            )
             retained += [new_k, new_v]
         last = position_ids.argmax(dim=1, keepdim=True)  # [B, 1] last valid position
         hidden = hidden.gather(1, last.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, 1, H]
@@ -219,7 +244,7 @@ class Architecture:
     moe_returns_router_scores: bool = False
 
     # accessors: where the parts of a transformers model are
-    def decoder_layers(self, hf_model) -> List[nn.Module]:
+    def decoder_layers(self, hf_model) -> list[nn.Module]:
         return list(hf_model.model.layers)
 
     def embed_tokens(self, hf_model) -> nn.Module:
@@ -254,20 +279,26 @@ class Architecture:
         eps = getattr(hf_norm, "variance_epsilon", None)
         return RMSNorm(hf_norm.weight, getattr(hf_norm, "eps", 1e-6) if eps is None else eps)
 
-    def sliding_window(self, hf_attention: nn.Module, config, layer_idx: int) -> Optional[int]:
+    def sliding_window(self, hf_attention: nn.Module, config, layer_idx: int) -> int | None:
         return getattr(hf_attention, "sliding_window", None)
 
     def attention(self, hf_attention: nn.Module, config, layer_idx: int) -> Attention:
         q_norm, k_norm = getattr(hf_attention, "q_norm", None), getattr(hf_attention, "k_norm", None)
         scaling = getattr(hf_attention, "scaling", self.head_dim(config) ** -0.5)  # 4.57's Qwen2-MoE keeps none
-        return Attention(linear(hf_attention.q_proj), linear(hf_attention.k_proj), linear(hf_attention.v_proj),
-                         linear(hf_attention.o_proj), self.head_dim(config), scaling,
-                         q_norm=None if q_norm is None else self.norm(q_norm),
-                         k_norm=None if k_norm is None else self.norm(k_norm),
-                         sinks=getattr(hf_attention, "sinks", None),
-                         sliding_window=self.sliding_window(hf_attention, config, layer_idx))
+        return Attention(
+            linear(hf_attention.q_proj),
+            linear(hf_attention.k_proj),
+            linear(hf_attention.v_proj),
+            linear(hf_attention.o_proj),
+            self.head_dim(config),
+            scaling,
+            q_norm=None if q_norm is None else self.norm(q_norm),
+            k_norm=None if k_norm is None else self.norm(k_norm),
+            sinks=getattr(hf_attention, "sinks", None),
+            sliding_window=self.sliding_window(hf_attention, config, layer_idx),
+        )
 
-    def moe_block(self, hf_mlp: nn.Module, config, dispatch: MoEDispatchConfig) -> Optional[MoEBlock]:
+    def moe_block(self, hf_mlp: nn.Module, config, dispatch: MoEDispatchConfig) -> MoEBlock | None:
         """The QAIC replacement of a layer's MLP, or None when that MLP is dense."""
         raise NotImplementedError
 
@@ -279,13 +310,15 @@ class Architecture:
         return self.dense_mlp(hf_mlp, config) if block is None else block
 
     def decoder_layer(self, hf_layer: nn.Module, config, layer_idx: int, dispatch: MoEDispatchConfig):
-        return DecoderLayer(self.norm(self.input_norm_of(hf_layer)),
-                            self.attention(self.attention_of(hf_layer), config, layer_idx),
-                            self.norm(self.post_attention_norm_of(hf_layer)),
-                            self.mlp(self.mlp_of(hf_layer), config, dispatch))
+        return DecoderLayer(
+            self.norm(self.input_norm_of(hf_layer)),
+            self.attention(self.attention_of(hf_layer), config, layer_idx),
+            self.norm(self.post_attention_norm_of(hf_layer)),
+            self.mlp(self.mlp_of(hf_layer), config, dispatch),
+        )
 
     # the cache
-    def layer_window(self, hf_model, layer_idx: int) -> Optional[int]:
+    def layer_window(self, hf_model, layer_idx: int) -> int | None:
         """Layer layer_idx's sliding window (its cache is a ring of that many slots), or None."""
         layer = self.decoder_layers(hf_model)[layer_idx]
         return self.sliding_window(self.attention_of(layer), hf_model.config, layer_idx)
@@ -294,10 +327,10 @@ class Architecture:
         window = self.layer_window(hf_model, layer_idx)
         return ctx_len if window is None else min(window, ctx_len)
 
-    def cache_lengths(self, hf_model, ctx_len: int) -> List[int]:
+    def cache_lengths(self, hf_model, ctx_len: int) -> list[int]:
         return [self.cache_length(hf_model, i, ctx_len) for i in range(len(self.decoder_layers(hf_model)))]
 
-    def cache_shapes(self, config, batch_size: int, length: int) -> Tuple[tuple, tuple]:
+    def cache_shapes(self, config, batch_size: int, length: int) -> tuple[tuple, tuple]:
         """(key, value) cache shapes of one layer."""
         shape = (batch_size, config.num_key_value_heads, length, self.head_dim(config))
         return shape, shape
@@ -316,8 +349,14 @@ class Architecture:
         hf_layers = self.decoder_layers(hf_model)
         layers = [self.decoder_layer(layer, config, i, dispatch) for i, layer in enumerate(hf_layers)]
         rope = RotaryTables(self.rotary_embedding(hf_model), config, positions, self.head_dim(config))
-        graph = CausalLMGraph(self.embed_tokens(hf_model).weight, rope, layers, self.norm(self.final_norm(hf_model)),
-                              linear(self.lm_head(hf_model)), [self.layer_kind(hf_model, i) for i in range(len(layers))])
+        graph = CausalLMGraph(
+            self.embed_tokens(hf_model).weight,
+            rope,
+            layers,
+            self.norm(self.final_norm(hf_model)),
+            linear(self.lm_head(hf_model)),
+            [self.layer_kind(hf_model, i) for i in range(len(layers))],
+        )
         return graph.eval()
 
     def rewrite_moe(self, hf_model, dispatch: MoEDispatchConfig):
@@ -354,16 +393,20 @@ class _TransformersMoEInterface(nn.Module):
 def experts_from_fused(gate_up: torch.Tensor, down: torch.Tensor, activation=silu_gate) -> GatedExperts:
     """transformers 5.x layout: gate_up [E, 2I, H] (gate rows, then up rows), down [E, H, I]."""
     inter = gate_up.shape[1] // 2
-    return GatedExperts(local(gate_up, lambda t: t[:, :inter].transpose(1, 2)),
-                        local(gate_up, lambda t: t[:, inter:].transpose(1, 2)),
-                        local(down, lambda t: t.transpose(1, 2)), activation)
+    return GatedExperts(
+        local(gate_up, lambda t: t[:, :inter].transpose(1, 2)),
+        local(gate_up, lambda t: t[:, inter:].transpose(1, 2)),
+        local(down, lambda t: t.transpose(1, 2)),
+        activation,
+    )
 
 
-def experts_from_modules(experts: List[nn.Module], gate: str, up: str, down: str,
-                         activation=silu_gate) -> GatedExperts:
+def experts_from_modules(experts: list[nn.Module], gate: str, up: str, down: str, activation=silu_gate) -> GatedExperts:
     """transformers 4.x layout: one MLP module per expert with Linear layers named gate/up/down."""
+
     def weights(name):
         return [getattr(e, name).weight for e in experts]
 
-    return GatedExperts(stacked(weights(gate), torch.t), stacked(weights(up), torch.t), stacked(weights(down), torch.t),
-                        activation)
+    return GatedExperts(
+        stacked(weights(gate), torch.t), stacked(weights(up), torch.t), stacked(weights(down), torch.t), activation
+    )

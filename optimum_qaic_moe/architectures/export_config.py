@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 CTX_DIM, WINDOW_DIM, BATCH_DIM = "ctx_len", "sliding_window", "batch_size"
 
@@ -25,8 +25,9 @@ class QAICCausalLMExportConfig:
     SUPPORTS_PAST = True
     architecture = None  # set per model_type when registered
 
-    def __init__(self, config, task: str = "text-generation-with-past", use_past: bool = True, architecture=None,
-                 **kwargs):
+    def __init__(
+        self, config, task: str = "text-generation-with-past", use_past: bool = True, architecture=None, **kwargs
+    ):
         if task.replace("-with-past", "") != "text-generation" or not use_past:
             raise ValueError(f"task {task!r} is not supported: use text-generation-with-past")
         self._config = config
@@ -37,7 +38,7 @@ class QAICCausalLMExportConfig:
     def num_layers(self) -> int:
         return self._config.num_hidden_layers
 
-    def cache_dims(self, windows: Sequence[bool], decode: bool) -> List[Dict[int, str]]:
+    def cache_dims(self, windows: Sequence[bool], decode: bool) -> list[dict[int, str]]:
         """Per layer: the symbolic dims of its cache inputs (ring layers: sliding_window, others: ctx_len)."""
         dims = []
         for ring in windows:
@@ -47,32 +48,35 @@ class QAICCausalLMExportConfig:
             dims.append(d)
         return dims
 
-    def input_names(self) -> List[str]:
+    def input_names(self) -> list[str]:
         names = ["input_ids", "position_ids"]
         for i in range(self.num_layers):
             names += [f"past_key.{i}", f"past_value.{i}"]
         return names
 
-    def output_names(self) -> List[str]:
+    def output_names(self) -> list[str]:
         return ["logits"] + [f"{n}_RetainedState" for n in self.input_names()[2:]]
 
     @property
-    def inputs(self) -> Dict[str, Dict[int, str]]:
+    def inputs(self) -> dict[str, dict[int, str]]:
         """Optimum's export-config interface: input name -> {axis: symbolic dim} (the decode graph's)."""
-        return OrderedDict((n, {0: BATCH_DIM, 2: CTX_DIM} if n.startswith("past_") else {0: BATCH_DIM})
-                           for n in self.input_names())
+        return OrderedDict(
+            (n, {0: BATCH_DIM, 2: CTX_DIM} if n.startswith("past_") else {0: BATCH_DIM}) for n in self.input_names()
+        )
 
     @property
-    def outputs(self) -> Dict[str, Dict[int, str]]:
-        return OrderedDict((n, {0: BATCH_DIM, 2: CTX_DIM} if n.startswith("past_") else {0: BATCH_DIM})
-                           for n in self.output_names())
+    def outputs(self) -> dict[str, dict[int, str]]:
+        return OrderedDict(
+            (n, {0: BATCH_DIM, 2: CTX_DIM} if n.startswith("past_") else {0: BATCH_DIM}) for n in self.output_names()
+        )
 
     @property
-    def kv_names(self) -> List[str]:
+    def kv_names(self) -> list[str]:
         return [n for n in self.input_names() if n.startswith("past_")] + [
-            n for n in self.output_names() if n.startswith("past_")]
+            n for n in self.output_names() if n.startswith("past_")
+        ]
 
-    def cache_shapes(self, batch_size: int, cache_lengths: Sequence[int]) -> Dict[str, tuple]:
+    def cache_shapes(self, batch_size: int, cache_lengths: Sequence[int]) -> dict[str, tuple]:
         """{past_key.i / past_value.i: shape} for one context length."""
         shapes = {}
         for i, length in enumerate(cache_lengths):
@@ -100,8 +104,9 @@ class QAICCausalLMExportConfig:
             out.append(spec)
         return {"specializations": out}
 
-    def write_specializations(self, path, batch_size: int, ctx_lens: Sequence[int], window: int | None,
-                              decode: bool) -> None:
+    def write_specializations(
+        self, path, batch_size: int, ctx_lens: Sequence[int], window: int | None, decode: bool
+    ) -> None:
         with open(path, "w") as f:
             json.dump(self.specializations(batch_size, ctx_lens, window, decode), f, indent=2)
             f.write("\n")

@@ -5,8 +5,6 @@ interleaves gate (even) and up (odd) columns; they are split once, as strided vi
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -57,17 +55,35 @@ class GptOssArchitecture(Architecture):
     model_type = "gpt_oss"
     moe_returns_router_scores = True
     tiny_config = dict(  # a sliding window (8) shorter than any useful context: ring caches
-        hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=8, num_local_experts=6, num_experts_per_tok=2, sliding_window=8, max_position_embeddings=131072,
-        tie_word_embeddings=False, initializer_range=0.1, rms_norm_eps=1e-5)
+        hidden_size=32,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=6,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+        rms_norm_eps=1e-5,
+    )
 
-    def moe_block(self, hf_mlp, config, dispatch: MoEDispatchConfig) -> Optional[MoEBlock]:
+    def moe_block(self, hf_mlp, config, dispatch: MoEDispatchConfig) -> MoEBlock | None:
         e = hf_mlp.experts
-        experts = GatedExperts(local(e.gate_up_proj, _even), local(e.gate_up_proj, _odd), e.down_proj,
-                               ClampedGLU(e.alpha, e.limit), gate_bias=local(e.gate_up_proj_bias, _even),
-                               up_bias=local(e.gate_up_proj_bias, _odd), down_bias=e.down_proj_bias)
-        router = TopKSoftmaxRouter(Linear(transposed(hf_mlp.router.weight), hf_mlp.router.bias),
-                                   config.num_experts_per_tok)
+        experts = GatedExperts(
+            local(e.gate_up_proj, _even),
+            local(e.gate_up_proj, _odd),
+            e.down_proj,
+            ClampedGLU(e.alpha, e.limit),
+            gate_bias=local(e.gate_up_proj_bias, _even),
+            up_bias=local(e.gate_up_proj_bias, _odd),
+            down_bias=e.down_proj_bias,
+        )
+        router = TopKSoftmaxRouter(
+            Linear(transposed(hf_mlp.router.weight), hf_mlp.router.bias), config.num_experts_per_tok
+        )
         return MoEBlock(router, experts, config.num_local_experts, dispatch)
 
 

@@ -23,9 +23,19 @@ LEGACY_MOE = "block_sparse_moe"  # the MoE's attribute name on transformers 4.x
 class MixtralArchitecture(Architecture):
     model_type = "mixtral"
     tiny_config = {  # a tiny random model for the tests and `qaic-moe-tiny mixtral`; 6 experts: no core count divides
-        "hidden_size": 32, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "head_dim": 8, "num_local_experts": 6, "num_experts_per_tok": 2,
-        "max_position_embeddings": 512, "tie_word_embeddings": False, "initializer_range": 0.1, "rms_norm_eps": 1e-5}
+        "hidden_size": 32,
+        "intermediate_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "num_local_experts": 6,
+        "num_experts_per_tok": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.1,
+        "rms_norm_eps": 1e-5,
+    }
 
     @property
     def moe_returns_router_scores(self) -> bool:  # 4.x's decoder layer unpacks (hidden, router_logits)

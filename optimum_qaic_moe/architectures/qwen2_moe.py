@@ -19,10 +19,22 @@ from .qwen3_moe import SoftmaxTopKRouter, gated_experts
 class Qwen2MoeArchitecture(Architecture):
     model_type = "qwen2_moe"
     tiny_config = {  # 6 experts: not a multiple of the usual test core counts; Qwen1.5-MoE's norm_topk_prob
-        "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts": 6,
-        "num_experts_per_tok": 2, "norm_topk_prob": False, "decoder_sparse_step": 1, "max_position_embeddings": 512,
-        "tie_word_embeddings": False, "initializer_range": 0.1, "rms_norm_eps": 1e-6}
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_experts": 6,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": False,
+        "decoder_sparse_step": 1,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.1,
+        "rms_norm_eps": 1e-6,
+    }
 
     def sliding_window(self, hf_attention, config, layer_idx: int) -> int | None:
         import transformers
@@ -37,9 +49,14 @@ class Qwen2MoeArchitecture(Architecture):
         if not hasattr(hf_mlp, "experts"):  # a dense MLP layer (mlp_only_layers / decoder_sparse_step)
             return None
         router = SoftmaxTopKRouter(linear(hf_mlp.gate), config.num_experts_per_tok, config.norm_topk_prob)
-        return MoEBlock(router, gated_experts(hf_mlp.experts), config.num_experts, dispatch,
-                        shared=self.dense_mlp(hf_mlp.shared_expert, config),
-                        shared_gate=linear(hf_mlp.shared_expert_gate))  # [H, 1]: one scale per token
+        return MoEBlock(
+            router,
+            gated_experts(hf_mlp.experts),
+            config.num_experts,
+            dispatch,
+            shared=self.dense_mlp(hf_mlp.shared_expert, config),
+            shared_gate=linear(hf_mlp.shared_expert_gate),
+        )  # [H, 1]: one scale per token
 
 
 @hookimpl

@@ -7,8 +7,6 @@ The experts come in two transformers layouts, both used without copying where th
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -42,12 +40,24 @@ def gated_experts(hf_experts):
 class Qwen3MoeArchitecture(Architecture):
     model_type = "qwen3_moe"
     tiny_config = dict(  # 6 experts: not a multiple of the usual test core counts
-        hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, num_experts=6, num_experts_per_tok=2, norm_topk_prob=True,
-        decoder_sparse_step=1, max_position_embeddings=512, tie_word_embeddings=False, initializer_range=0.1,
-        rms_norm_eps=1e-6)
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=6,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+        rms_norm_eps=1e-6,
+    )
 
-    def moe_block(self, hf_mlp, config, dispatch: MoEDispatchConfig) -> Optional[MoEBlock]:
+    def moe_block(self, hf_mlp, config, dispatch: MoEDispatchConfig) -> MoEBlock | None:
         if not hasattr(hf_mlp, "experts"):  # a dense MLP layer (mlp_only_layers / decoder_sparse_step)
             return None
         router = SoftmaxTopKRouter(linear(hf_mlp.gate), config.num_experts_per_tok, config.norm_topk_prob)

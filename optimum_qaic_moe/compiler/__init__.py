@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from ..logging import info
 from ..settings import ExportSettings, UserError
@@ -38,12 +38,12 @@ def shell_quote(text: str) -> str:
     return "$'" + "".join(out) + "'"
 
 
-def shell_join(argv: List[str]) -> str:
+def shell_join(argv: list[str]) -> str:
     return " ".join(shell_quote(a) for a in argv)
 
 
 class ResolvedBackend:
-    def __init__(self, backend, compiler_path: Optional[str]):
+    def __init__(self, backend, compiler_path: str | None):
         self.backend = backend
         self.compiler_path = compiler_path
 
@@ -54,15 +54,19 @@ def resolve_backend(settings: ExportSettings) -> ResolvedBackend:
     backends = get_compile_backends()
     name = settings.compile_backend
     if name not in backends:
-        raise UserError(f"--compile-backend {name} is not registered: registered are {', '.join(sorted(backends))} "
-                        "(a plugin can add more)")
+        raise UserError(
+            f"--compile-backend {name} is not registered: registered are {', '.join(sorted(backends))} "
+            "(a plugin can add more)"
+        )
     backend = backends[name]
     if hasattr(backend, "check_settings"):
         backend.check_settings(settings)
     path = backend.find_compiler(settings.compiler) if settings.compile != "never" else None
     if settings.compile == "always" and path is None:
-        raise UserError(f"--compile always, but no compiler was found ({backend.search_description()}): "
-                        "install the QAIC platform SDK or pass --compiler PATH")
+        raise UserError(
+            f"--compile always, but no compiler was found ({backend.search_description()}): "
+            "install the QAIC platform SDK or pass --compiler PATH"
+        )
     return ResolvedBackend(backend, path)
 
 
@@ -91,8 +95,13 @@ def write_compile_files(export_dir: str, settings: ExportSettings, resolved: Res
     return commands
 
 
-def compile_export(output_dir: str, settings: ExportSettings, resolved: ResolvedBackend, commands=None,
-                   say: Callable[[str], None] = info) -> None:
+def compile_export(
+    output_dir: str,
+    settings: ExportSettings,
+    resolved: ResolvedBackend,
+    commands=None,
+    say: Callable[[str], None] = info,
+) -> None:
     """Compile the published export in place (each graph's qpc/ appears only when complete), or say how to.
     ``commands``: those ``write_compile_files`` returned when the export was staged (else compile.sh is written
     now)."""
@@ -109,8 +118,11 @@ def compile_export(output_dir: str, settings: ExportSettings, resolved: Resolved
         for graph, argv in commands:
             backend.compile(output_dir, graph, argv, say=say)
     except OSError as e:  # a full disk, a vanished directory: the export itself is complete
-        raise UserError(f"compiling the {graph} graph failed: {e}; the export in {output_dir} is complete: "
-                        f"fix that and run {later}") from e
+        raise UserError(
+            f"compiling the {graph} graph failed: {e}; the export in {output_dir} is complete: fix that and run {later}"
+        ) from e
     except KeyboardInterrupt:
-        raise CompileInterrupted(f"interrupted while compiling; the export in {output_dir} is complete, but "
-                                 f"graphs without a qpc/ are not compiled: run {later}") from None
+        raise CompileInterrupted(
+            f"interrupted while compiling; the export in {output_dir} is complete, but "
+            f"graphs without a qpc/ are not compiled: run {later}"
+        ) from None

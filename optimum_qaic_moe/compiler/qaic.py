@@ -25,7 +25,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from ..plugins import hookimpl
 from ..settings import ExportSettings, UserError
@@ -35,11 +35,22 @@ SDK_DIR = "/opt/qti-aic/exec"
 QAIC_UTIL = "/opt/qti-aic/tools/qaic-util"
 CACHE_ENV = "OPTIMUM_QAIC_MOE_CACHE"
 # Options this backend writes itself: a --compiler-option repeating one names the export option to use instead.
-OWN_OPTIONS = {"-m": None, "-aic-binary-dir": None, "-network-specialization-config": None,
-               "-custom-IO-list-file": None, "-aic-hw": None, "-retained-state": None, "-convert-to-fp16": None,
-               "-compile-only": None, "-aic-hw-version": "--aic-hw-version", "-aic-num-cores": "--num-cores",
-               "-mxfp6-matmul": "--mxfp6-matmul", "-mos": "--mos", "-aic-enable-depth-first":
-               "--aic-enable-depth-first", "-mdp-load-partition-config": "--num-devices"}
+OWN_OPTIONS = {
+    "-m": None,
+    "-aic-binary-dir": None,
+    "-network-specialization-config": None,
+    "-custom-IO-list-file": None,
+    "-aic-hw": None,
+    "-retained-state": None,
+    "-convert-to-fp16": None,
+    "-compile-only": None,
+    "-aic-hw-version": "--aic-hw-version",
+    "-aic-num-cores": "--num-cores",
+    "-mxfp6-matmul": "--mxfp6-matmul",
+    "-mos": "--mos",
+    "-aic-enable-depth-first": "--aic-enable-depth-first",
+    "-mdp-load-partition-config": "--num-devices",
+}
 
 
 def cache_root() -> str:
@@ -51,7 +62,7 @@ def _executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def detect_hw_version() -> Optional[str]:
+def detect_hw_version() -> str | None:
     """'ai200' or 'ai100' from the first card's firmware variant in ``qaic-util -q``; None without the tool."""
     exe = shutil.which("qaic-util") or (QAIC_UTIL if _executable(QAIC_UTIL) else None)
     if exe is None:
@@ -66,16 +77,20 @@ def detect_hw_version() -> Optional[str]:
     return "ai200" if "AIC200" in match.group(1).upper() else "ai100"
 
 
-def check_compiler_options(options: List[str]) -> None:
+def check_compiler_options(options: list[str]) -> None:
     for option in options:
         name = option.split("=", 1)[0]
         if not option.startswith("-") or any(c in option for c in "\n\r\0"):
-            raise UserError(f"--compiler-option {option!r} is not a compiler option: give one option starting "
-                            "with '-', written with '=' (--compiler-option=-sub-functions)")
+            raise UserError(
+                f"--compiler-option {option!r} is not a compiler option: give one option starting "
+                "with '-', written with '=' (--compiler-option=-sub-functions)"
+            )
         if name in OWN_OPTIONS:
             instead = OWN_OPTIONS[name]
-            raise UserError(f"--compiler-option {option} is set by the export itself"
-                            + (f": use {instead}" if instead else "; leave it out"))
+            raise UserError(
+                f"--compiler-option {option} is set by the export itself"
+                + (f": use {instead}" if instead else "; leave it out")
+            )
 
 
 def _absolute_file_values(option: str) -> str:
@@ -88,7 +103,8 @@ def _absolute_file_values(option: str) -> str:
 
 # -- the cache: what it trusts --------------------------------------------------------------------------------
 
-def _not_private(path: str, st: os.stat_result, group_other_bits: int) -> Optional[str]:
+
+def _not_private(path: str, st: os.stat_result, group_other_bits: int) -> str | None:
     if st.st_uid != os.geteuid():
         return f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
     if st.st_mode & group_other_bits:
@@ -96,7 +112,7 @@ def _not_private(path: str, st: os.stat_result, group_other_bits: int) -> Option
     return None
 
 
-def cache_root_problem(root: str) -> Optional[str]:
+def cache_root_problem(root: str) -> str | None:
     """Why the cache root cannot be trusted (None: it can): it must be ours and writable by nobody else."""
     st = os.stat(root)
     if not stat.S_ISDIR(st.st_mode):
@@ -104,7 +120,7 @@ def cache_root_problem(root: str) -> Optional[str]:
     return _not_private(root, st, 0o022)
 
 
-def cache_entry_problem(entry: str) -> Optional[str]:
+def cache_entry_problem(entry: str) -> str | None:
     """Why a cache entry cannot be used: every item in it must be our own private directory or regular file
     (never a symlink: one could make us copy any file the export's user can read)."""
     paths = [entry]
@@ -131,7 +147,7 @@ def _remove(path: str) -> None:
 
 def make_private(top: str) -> None:
     """Directories 0700, files 0600, for a compiler result about to enter the cache."""
-    for path, dirs, files in os.walk(top):
+    for path, _dirs, files in os.walk(top):
         os.chmod(path, 0o700)
         for name in files:
             os.chmod(os.path.join(path, name), 0o600)
@@ -139,14 +155,14 @@ def make_private(top: str) -> None:
 
 def copy_entry(entry: str, target: str) -> None:
     """Copy a checked cache entry into an export: contents only (the export gets ordinary modes)."""
-    for top, dirs, files in os.walk(entry):
+    for top, _dirs, files in os.walk(entry):
         here = os.path.join(target, os.path.relpath(top, entry))
         os.makedirs(here, exist_ok=True)
         for name in files:
             shutil.copyfile(os.path.join(top, name), os.path.join(here, name), follow_symlinks=False)
 
 
-def _onnx_external_data(path: str) -> List[str]:
+def _onnx_external_data(path: str) -> list[str]:
     """Paths of the external-data files an ONNX graph references (its weights, for a large model)."""
     import onnx
 
@@ -167,13 +183,14 @@ def _hash_file(h, label: str, path: str) -> None:
             h.update(block)
 
 
-def _run_streaming(argv: List[str], cwd: str, say: Callable[[str], None], graph: str):
+def _run_streaming(argv: list[str], cwd: str, say: Callable[[str], None], graph: str):
     """Run the compiler, passing each line of its output on as it comes. Returns (exit code, last lines).
     Interrupted, it stops the compiler before re-raising."""
     tail = collections.deque(maxlen=5)
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+        )
     except OSError as e:
         raise UserError(f"could not run the compiler {argv[0]}: {e.strerror or e}") from e
     try:
@@ -200,7 +217,7 @@ class QAICCompileBackend:
     def search_description(self) -> str:
         return f"looked for --compiler, qaic-compile or qaic-exec on PATH, and {SDK_DIR}"
 
-    def find_compiler(self, explicit: Optional[str]) -> Optional[str]:
+    def find_compiler(self, explicit: str | None) -> str | None:
         if explicit:
             if not _executable(explicit):
                 raise UserError(f"--compiler {explicit} is not an executable file")
@@ -217,14 +234,22 @@ class QAICCompileBackend:
         """Refuse bad compiler input before the export work starts."""
         check_compiler_options(settings.compiler_options or [])
 
-    def command(self, graph_dir: str, settings: ExportSettings, compiler: Optional[str],
-                hw_version: Optional[str] = None) -> List[str]:
+    def command(
+        self, graph_dir: str, settings: ExportSettings, compiler: str | None, hw_version: str | None = None
+    ) -> list[str]:
         """argv for one graph; paths relative to the export directory (compile.sh cd's there)."""
         exe = compiler or os.path.join(SDK_DIR, "qaic-compile")
         g = os.path.basename(graph_dir)
         hw = hw_version or (settings.aic_hw_version if settings.aic_hw_version != "auto" else "ai100")
-        argv = [exe, "-aic-hw", f"-aic-hw-version={hw}", f"-m={g}.onnx",
-                "-retained-state", "-convert-to-fp16", f"-aic-num-cores={settings.num_cores}"]
+        argv = [
+            exe,
+            "-aic-hw",
+            f"-aic-hw-version={hw}",
+            f"-m={g}.onnx",
+            "-retained-state",
+            "-convert-to-fp16",
+            f"-aic-num-cores={settings.num_cores}",
+        ]
         if os.path.basename(exe).startswith("qaic-exec"):
             argv.insert(1, "-compile-only")
         if settings.mxfp6_matmul:
@@ -236,11 +261,14 @@ class QAICCompileBackend:
         if settings.num_devices > 1:
             argv.append(f"-mdp-load-partition-config={g}/mdp_partition.json")
         argv += [_absolute_file_values(o) for o in settings.compiler_options or []]
-        argv += [f"-network-specialization-config={g}/specializations.json",
-                 f"-custom-IO-list-file={g}/custom_io.yaml", f"-aic-binary-dir={g}/qpc"]
+        argv += [
+            f"-network-specialization-config={g}/specializations.json",
+            f"-custom-IO-list-file={g}/custom_io.yaml",
+            f"-aic-binary-dir={g}/qpc",
+        ]
         return argv
 
-    def commands(self, output_dir: str, settings: ExportSettings, compiler: Optional[str]):
+    def commands(self, output_dir: str, settings: ExportSettings, compiler: str | None):
         hw = settings.aic_hw_version
         if hw == "auto":
             hw = detect_hw_version() or "ai100"
@@ -251,7 +279,7 @@ class QAICCompileBackend:
             out.append((graph, self.command(os.path.join(output_dir, graph), settings, compiler, hw)))
         return out
 
-    def cache_key(self, output_dir: str, argv: List[str]) -> str:
+    def cache_key(self, output_dir: str, argv: list[str]) -> str:
         """sha256 over the command (without its output dir), the compiler's contents and every file an option
         names (an ONNX graph with its external data), each framed by name and size."""
         h = hashlib.sha256()
@@ -270,22 +298,24 @@ class QAICCompileBackend:
                     _hash_file(h, f"{arg} external data {os.path.relpath(data, os.path.dirname(path))}", data)
         return h.hexdigest()
 
-    def _compile_into(self, work: str, output_dir: str, graph: str, argv: List[str], say) -> str:
+    def _compile_into(self, work: str, output_dir: str, graph: str, argv: list[str], say) -> str:
         """Run the compiler with its binary dir in ``work``; returns the private qpc dir it wrote."""
         run_argv = [a if not a.startswith("-aic-binary-dir=") else f"-aic-binary-dir={work}/qpc" for a in argv]
         say(f"[qaic] compile {graph}: {shell_join(argv)}")
         code, tail = _run_streaming(run_argv, output_dir, say, graph)
         qpc = os.path.join(work, "qpc")
         if code != 0 or not os.path.isfile(os.path.join(qpc, "programqpc.bin")):
-            raise UserError(f"{os.path.basename(argv[0])} failed for the {graph} graph (exit {code}): "
-                            + (" | ".join(tail) or "it wrote no programqpc.bin"))
+            raise UserError(
+                f"{os.path.basename(argv[0])} failed for the {graph} graph (exit {code}): "
+                + (" | ".join(tail) or "it wrote no programqpc.bin")
+            )
         make_private(qpc)
         problem = cache_entry_problem(qpc)
         if problem:
             raise UserError(f"{os.path.basename(argv[0])} left an unexpected file for the {graph} graph: {problem}")
         return qpc
 
-    def compile(self, output_dir: str, graph: str, argv: List[str], say=print) -> str:
+    def compile(self, output_dir: str, graph: str, argv: list[str], say=print) -> str:
         """Run the compiler for one graph (or reuse the cached result). Returns the qpc directory."""
         root = cache_root()
         try:
@@ -294,16 +324,21 @@ class QAICCompileBackend:
         except OSError as e:
             untrusted = f"{root} cannot be created ({e.strerror or e})"
         if untrusted:
-            say(f"[qaic] warning: not using the compile cache: {untrusted} (make it a private directory of "
-                f"yours, e.g. chmod 700, or set ${CACHE_ENV} to one)")
+            say(
+                f"[qaic] warning: not using the compile cache: {untrusted} (make it a private directory of "
+                f"yours, e.g. chmod 700, or set ${CACHE_ENV} to one)"
+            )
         key = self.cache_key(output_dir, argv)
         entry = os.path.join(root, key)
         work = tempfile.mkdtemp(prefix=f"{key[:12]}.", dir=None if untrusted else root)  # 0700
         try:
             if untrusted:
                 entry = self._compile_into(work, output_dir, graph, argv, say)
-            elif os.path.lexists(entry) and cache_entry_problem(entry) is None and \
-                    os.path.isfile(os.path.join(entry, "programqpc.bin")):
+            elif (
+                os.path.lexists(entry)
+                and cache_entry_problem(entry) is None
+                and os.path.isfile(os.path.join(entry, "programqpc.bin"))
+            ):
                 say(f"[qaic] compile {graph}: cached ({entry})")
             else:
                 if os.path.lexists(entry):
@@ -337,8 +372,9 @@ def write_partition_config(path: str, settings: ExportSettings) -> None:
     devices = list(range(settings.num_devices))
     config = {
         "connections": [{"devices": devices, "type": "p2p"}],
-        "partitions": [{"name": "Partition0",
-                        "devices": [{"deviceId": d, "numCores": settings.num_cores} for d in devices]}],
+        "partitions": [
+            {"name": "Partition0", "devices": [{"deviceId": d, "numCores": settings.num_cores} for d in devices]}
+        ],
     }
     with open(path, "w") as f:
         json.dump(config, f, indent=2)

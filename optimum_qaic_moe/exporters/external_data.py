@@ -11,8 +11,8 @@ directory and a data file with several hard links, so the graphs sit next to the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ DATA_NAME = "weights.data"
 ALIGN = 4096
 
 
-def _layout(graphs) -> Tuple[Dict[str, Tuple[int, tuple]], int]:
+def _layout(graphs) -> tuple[dict[str, tuple[int, tuple]], int]:
     """{initializer name: (offset, shape)} over the union of the graphs' parameters, and the file size."""
     layout, offset = {}, 0
     for traced in graphs:
@@ -36,7 +36,7 @@ def _layout(graphs) -> Tuple[Dict[str, Tuple[int, tuple]], int]:
     return layout, offset
 
 
-def write_weights(export_dir: str, graphs, writer, progress: Optional[Callable[[int, int], None]] = None) -> int:
+def write_weights(export_dir: str, graphs, writer, progress: Callable[[int, int], None] | None = None) -> int:
     """Write the weights of ``graphs`` (TracedGraph) into ``export_dir/weights.data`` and point the graphs at it.
     Returns the file's size in bytes."""
     import onnx_ir as ir
@@ -66,8 +66,14 @@ def write_weights(export_dir: str, graphs, writer, progress: Optional[Callable[[
         for name, value in traced.model.graph.initializers.items():
             if name in layout:
                 offset, shape = layout[name]
-                value.const_value = ir.ExternalTensor(DATA_NAME, offset, int(np.prod(shape, dtype=np.int64)) * 4,
-                                                      ir.DataType.FLOAT, shape=ir.Shape(list(shape)), name=name)
+                value.const_value = ir.ExternalTensor(
+                    DATA_NAME,
+                    offset,
+                    int(np.prod(shape, dtype=np.int64)) * 4,
+                    ir.DataType.FLOAT,
+                    shape=ir.Shape(list(shape)),
+                    name=name,
+                )
     return size
 
 

@@ -13,8 +13,8 @@ checkpoint (``external_data.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -25,9 +25,15 @@ LAYER_OUTPUTS = ("hidden_out", "past_key_out", "past_value_out")
 
 
 @torch.library.custom_op("qaic_export::decoder_layer", mutates_args=())
-def _decoder_layer(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_ids: torch.Tensor,
-                   past_k: torch.Tensor, past_v: torch.Tensor, layer: int) -> Tuple[torch.Tensor, torch.Tensor,
-                                                                                   torch.Tensor]:
+def _decoder_layer(
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    position_ids: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    layer: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     raise RuntimeError("qaic_export::decoder_layer only marks a layer while tracing the export")
 
 
@@ -53,11 +59,15 @@ def _layer_translation():
 
     fp = onnx.defs.OpSchema.FormalParameter
     schema = onnx.defs.OpSchema(
-        "DecoderLayer", LAYER_DOMAIN, 1, "placeholder for a decoder layer",
+        "DecoderLayer",
+        LAYER_DOMAIN,
+        1,
+        "placeholder for a decoder layer",
         inputs=[fp(n, "T" if n != "position_ids" else "I") for n in ACTIVATIONS],
         outputs=[fp(n, "T") for n in LAYER_OUTPUTS],
         type_constraints=[("T", ["tensor(float)"], ""), ("I", ["tensor(int64)"], "")],
-        attributes=[onnx.defs.OpSchema.Attribute("layer", onnx.defs.OpSchema.AttrType.INT, "layer index")])
+        attributes=[onnx.defs.OpSchema.Attribute("layer", onnx.defs.OpSchema.AttrType.INT, "layer index")],
+    )
     op = values.Op(values.Opset(LAYER_DOMAIN, 1), "DecoderLayer", schema)
 
     def decoder_layer(hidden, cos, sin, position_ids, past_k, past_v, layer: int):
@@ -77,8 +87,8 @@ class _OneLayer(nn.Module):
 
 @dataclass
 class TracedGraph:
-    model: "object"  # onnx_ir.Model, initializers without data
-    params: Dict[str, torch.Tensor]  # initializer name -> parameter it holds
+    model: object  # onnx_ir.Model, initializers without data
+    params: dict[str, torch.Tensor]  # initializer name -> parameter it holds
 
 
 def _dim(name: str, example: int):
@@ -87,7 +97,7 @@ def _dim(name: str, example: int):
     return Dim(name, min=1 if example > 1 else 2, max=1 << 24)
 
 
-def _export(module, args, dynamic_shapes, opset: int, extra_table: Optional[dict] = None):
+def _export(module, args, dynamic_shapes, opset: int, extra_table: dict | None = None):
     from ..ops import translation_table
     from .onnx_export import quiet_export
 
@@ -96,8 +106,7 @@ def _export(module, args, dynamic_shapes, opset: int, extra_table: Optional[dict
     return quiet_export(module, args, opset=opset, dynamic_shapes=dynamic_shapes, custom_translation_table=table)
 
 
-def trace(graph, example_args, cache_dims: Sequence[Dict[int, str]], opset: int,
-          progress=None) -> TracedGraph:
+def trace(graph, example_args, cache_dims: Sequence[dict[int, str]], opset: int, progress=None) -> TracedGraph:
     """Trace ``graph`` (a CausalLMGraph on the meta device) with example ``(input_ids, position_ids, past)``;
     ``cache_dims[i]``: {axis: symbolic dim name} of layer i's cache; a ``batch_size`` dim there makes the batch
     symbolic everywhere."""
@@ -133,7 +142,7 @@ def trace(graph, example_args, cache_dims: Sequence[Dict[int, str]], opset: int,
     return TracedGraph(model, params)
 
 
-def move_data_off(graph: nn.Module) -> Dict[int, torch.Tensor]:
+def move_data_off(graph: nn.Module) -> dict[int, torch.Tensor]:
     """Put the parameters that hold data (computed at build time, e.g. RoPE tables) on the meta device, like the
     rest, for tracing; return ``{id(new meta parameter): data}`` for writing them later."""
     own = {}
@@ -153,7 +162,7 @@ def _layer_example_inputs(graph, input_ids, position_ids):
     return hidden, cos, sin
 
 
-def _initializer_params(model, module: nn.Module) -> Dict[str, torch.Tensor]:
+def _initializer_params(model, module: nn.Module) -> dict[str, torch.Tensor]:
     """{initializer name: parameter} for the initializers that are parameters of module (the others are constants
     the exporter lifted, with their data)."""
     named = dict(module.named_parameters(remove_duplicate=False))
@@ -185,7 +194,7 @@ def _to_function(layer_model, model, name: str, module: nn.Module):
         model.functions.setdefault(key, f)
     for domain, version in g.opset_imports.items():
         model.opset_imports.setdefault(domain, version)
-    return name, [n[len("layer."):] for n in weights]
+    return name, [n[len("layer.") :] for n in weights]
 
 
 def _not_written():
@@ -204,8 +213,12 @@ def _call_functions(model, graph, functions, params) -> None:
         for w in weight_names:
             full, p = f"layers.{index}.{w}", layer_params[w]
             shape = ir.Shape(list(p.shape))
-            value = ir.Value(name=full, shape=shape, type=ir.TensorType(ir.DataType.FLOAT),
-                             const_value=ir.LazyTensor(_not_written, ir.DataType.FLOAT, shape, name=full))
+            value = ir.Value(
+                name=full,
+                shape=shape,
+                type=ir.TensorType(ir.DataType.FLOAT),
+                const_value=ir.LazyTensor(_not_written, ir.DataType.FLOAT, shape, name=full),
+            )
             model.graph.register_initializer(value)
             params[full] = p
             weights.append(value)
@@ -217,5 +230,3 @@ def _call_functions(model, graph, functions, params) -> None:
             new.name = old.name
         model.graph.remove(node, safe=True)
     model.opset_imports[LAYER_DOMAIN] = 1
-
-

@@ -43,8 +43,9 @@ def resolve_architecture(model_type: str):
     architectures = get_architectures()
     if model_type not in architectures:
         known = ", ".join(sorted(architectures))
-        raise UserError(f"unsupported model_type {model_type!r}: supported are {known} "
-                        "(a plugin can add more, see the README)")
+        raise UserError(
+            f"unsupported model_type {model_type!r}: supported are {known} (a plugin can add more, see the README)"
+        )
     return architectures[model_type]
 
 
@@ -77,7 +78,7 @@ def open_weights(model_dir: str, config):
 class GraphSpec:
     name: str
     seq_len: int
-    dispatch: "object"  # MoEDispatchConfig
+    dispatch: object  # MoEDispatchConfig
 
     @property
     def decode(self) -> bool:
@@ -92,9 +93,12 @@ def graph_plan(settings: ExportSettings):
         if graph == PREFILL:
             from ..moe.cost import FP16_BYTES, MXFP6_BYTES
 
-            dispatch = MoEDispatchConfig(settings.moe_prefill_dispatch, settings.num_cores,
-                                         settings.moe_prefill_packed_chunk_size,
-                                         weight_bytes=MXFP6_BYTES if settings.mxfp6_matmul else FP16_BYTES)
+            dispatch = MoEDispatchConfig(
+                settings.moe_prefill_dispatch,
+                settings.num_cores,
+                settings.moe_prefill_packed_chunk_size,
+                weight_bytes=MXFP6_BYTES if settings.mxfp6_matmul else FP16_BYTES,
+            )
             plan.append(GraphSpec(graph, settings.prefill_seq_len, dispatch))
         else:
             plan.append(GraphSpec(graph, 1, MoEDispatchConfig("gathered", settings.num_cores, 1)))
@@ -136,24 +140,29 @@ def check_graph_size(config, settings: ExportSettings) -> None:
 
     tokens = settings.batch_size * settings.prefill_seq_len
     heads = int(config.num_attention_heads)
-    scores = settings.batch_size * heads * settings.prefill_seq_len * (max(settings.ctx_lens) +
-                                                                      settings.prefill_seq_len) * 4
+    scores = (
+        settings.batch_size * heads * settings.prefill_seq_len * (max(settings.ctx_lens) + settings.prefill_seq_len) * 4
+    )
     if "prefill" in settings.graphs and scores > MAX_ATTENTION_BYTES:
-        raise UserError(f"--prefill-seq-len {settings.prefill_seq_len} with --ctx-len {max(settings.ctx_lens)} needs "
-                        f"{scores / 2**30:.1f} GiB of attention scores per prefill call (batch x {heads} heads x "
-                        f"prefill_seq_len x (ctx_len + prefill_seq_len) x 4 bytes), above the "
-                        f"{MAX_ATTENTION_BYTES >> 30} GiB limit: lower --prefill-seq-len (a long prompt runs as "
-                        "several prefill calls) or --ctx-len")
+        raise UserError(
+            f"--prefill-seq-len {settings.prefill_seq_len} with --ctx-len {max(settings.ctx_lens)} needs "
+            f"{scores / 2**30:.1f} GiB of attention scores per prefill call (batch x {heads} heads x "
+            f"prefill_seq_len x (ctx_len + prefill_seq_len) x 4 bytes), above the "
+            f"{MAX_ATTENTION_BYTES >> 30} GiB limit: lower --prefill-seq-len (a long prompt runs as "
+            "several prefill calls) or --ctx-len"
+        )
     experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
     chunk = settings.moe_prefill_packed_chunk_size
     if "prefill" in settings.graphs and settings.moe_prefill_dispatch == "blocked" and experts and chunk != "auto":
         plan = BlockedPlan.make(int(experts), settings.num_cores, chunk, tokens)
         unrolled = len(plan.slots) * plan.num_chunks
         if unrolled > MAX_UNROLLED_CHUNKS:
-            raise UserError(f"the blocked MoE prefill would unroll {unrolled} chunks per layer ({len(plan.slots)} "
-                            f"expert slots x {plan.num_chunks} chunks of {plan.chunk_size} rows), above the "
-                            f"{MAX_UNROLLED_CHUNKS} limit: raise --moe-prefill-packed-chunk-size or --num-cores, "
-                            "lower --prefill-seq-len, or use --moe-prefill-dispatch grouped")
+            raise UserError(
+                f"the blocked MoE prefill would unroll {unrolled} chunks per layer ({len(plan.slots)} "
+                f"expert slots x {plan.num_chunks} chunks of {plan.chunk_size} rows), above the "
+                f"{MAX_UNROLLED_CHUNKS} limit: raise --moe-prefill-packed-chunk-size or --num-cores, "
+                "lower --prefill-seq-len, or use --moe-prefill-dispatch grouped"
+            )
 
 
 def sliding_window(arch, model) -> int | None:
@@ -214,8 +223,9 @@ def run_export(settings: ExportSettings) -> str:
     """Export (and verify, and compile when asked) one checkpoint. Returns the output directory. The public
     entry points are ``optimum_qaic_moe.main_export`` and ``optimum-cli export qaic``."""
     settings.validate()
-    model_dir = resolve_model_dir(settings.model, trust_remote_code=settings.trust_remote_code,
-                                  **settings.loading_options)
+    model_dir = resolve_model_dir(
+        settings.model, trust_remote_code=settings.trust_remote_code, **settings.loading_options
+    )
     arch = resolve_architecture(read_model_type(model_dir))
 
     from .. import compiler  # resolves the compile backend before the long work, so a demand fails fast
@@ -254,8 +264,10 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
     traced, own = [], {}
     kinds = {arch.layer_kind(model, i) for i in range(len(arch.decoder_layers(model)))}
     for spec in plan:
-        with stage(f"trace the {spec.name} graph ({describe(spec, settings)})"), \
-                Steps(total=1 + len(kinds), desc=spec.name) as steps:  # the top-level graph, one layer per kind
+        with (
+            stage(f"trace the {spec.name} graph ({describe(spec, settings)})"),
+            Steps(total=1 + len(kinds), desc=spec.name) as steps,
+        ):  # the top-level graph, one layer per kind
             graph, graph_own, _ = trace_graph(arch, model, settings, spec, steps)
         traced.append(graph)
         own.update(graph_own)
@@ -270,8 +282,9 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
             check_onnx(path)
         side = os.path.join(staging, spec.name)
         os.makedirs(side, exist_ok=True)
-        export_config.write_specializations(os.path.join(side, "specializations.json"), settings.batch_size,
-                                            settings.ctx_lens, window, spec.decode)
+        export_config.write_specializations(
+            os.path.join(side, "specializations.json"), settings.batch_size, settings.ctx_lens, window, spec.decode
+        )
         export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
     del traced, own
     write_model_files(config, model_dir, staging, settings.trust_remote_code)

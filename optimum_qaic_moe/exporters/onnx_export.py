@@ -21,7 +21,8 @@ import re
 import shutil
 import tempfile
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..settings import QAICError
 
@@ -66,15 +67,22 @@ def _check_custom_functions(model) -> None:
     nodes = list(_iter_nodes(model.graph))
     for f in model.functions:
         nodes.extend(f.node)
-    missing = sorted({f"{n.domain}::{n.op_type}" for n in nodes
-                      if n.domain in FUNCTION_DOMAINS and (n.domain, n.op_type) not in functions})
+    missing = sorted(
+        {
+            f"{n.domain}::{n.op_type}"
+            for n in nodes
+            if n.domain in FUNCTION_DOMAINS and (n.domain, n.op_type) not in functions
+        }
+    )
     if missing:
         raise ExportCheckError(f"nodes without a matching function in model.functions: {missing}")
     versions = {o.domain: o.version for o in model.opset_import}
     for domain in {n.domain for n in nodes} & set(FUNCTION_DOMAINS):
         if versions.get(domain) != FUNCTION_DOMAINS[domain]:
-            raise ExportCheckError(f"model uses domain {domain} but opset_import has version "
-                                   f"{versions.get(domain)!r}, expected {FUNCTION_DOMAINS[domain]}")
+            raise ExportCheckError(
+                f"model uses domain {domain} but opset_import has version "
+                f"{versions.get(domain)!r}, expected {FUNCTION_DOMAINS[domain]}"
+            )
 
 
 def check_onnx(path) -> None:
@@ -148,17 +156,34 @@ def _summarize(exc: BaseException, limit: int = 4000) -> str:
     return f"{type(exc).__name__}: {msg}"
 
 
-def quiet_export(module, args: tuple, *, opset: int, dynamic_shapes=None, custom_translation_table=None,
-                 kwargs: dict | None = None, optimize: bool = False):
+def quiet_export(
+    module,
+    args: tuple,
+    *,
+    opset: int,
+    dynamic_shapes=None,
+    custom_translation_table=None,
+    kwargs: dict | None = None,
+    optimize: bool = False,
+):
     """``torch.onnx.export(..., dynamo=True)`` without its console noise; failures become ExportCheckError with the
     exporter's own summary."""
     import torch
 
     with _quiet() as captured:
         try:
-            return torch.onnx.export(module, tuple(args), kwargs=kwargs, dynamo=True, opset_version=opset,
-                                     dynamic_shapes=dynamic_shapes, custom_translation_table=custom_translation_table,
-                                     optimize=optimize, verbose=False, report=False)
+            return torch.onnx.export(
+                module,
+                tuple(args),
+                kwargs=kwargs,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=dynamic_shapes,
+                custom_translation_table=custom_translation_table,
+                optimize=optimize,
+                verbose=False,
+                report=False,
+            )
         except Exception as e:
             out = captured.getvalue().strip()
             raise ExportCheckError(
@@ -315,8 +340,15 @@ def export_onnx(
     try:
         if progress:
             progress("trace and convert to ONNX")
-        program = quiet_export(module, args, kwargs=kwargs, opset=opset, dynamic_shapes=dynamic_shapes,
-                               custom_translation_table=translation_table(), optimize=optimize)
+        program = quiet_export(
+            module,
+            args,
+            kwargs=kwargs,
+            opset=opset,
+            dynamic_shapes=dynamic_shapes,
+            custom_translation_table=translation_table(),
+            optimize=optimize,
+        )
     finally:
         if was_training:
             module.train(True)

@@ -24,24 +24,37 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Set
 
 from ..settings import UserError
 
 PARTIAL_MARKER = ".qaic-partial"
 CONFIG_NAME = "qaic_config.json"
 # What an export written before qaic_config.json listed its files consists of.
-LEGACY_ENTRIES = ("prefill", "decode", "config.json", "generation_config.json", "tokenizer.json",
-                  "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-                  "chat_template.jinja", "added_tokens.json", CONFIG_NAME, "compile.sh")
+LEGACY_ENTRIES = (
+    "prefill",
+    "decode",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "added_tokens.json",
+    CONFIG_NAME,
+    "compile.sh",
+)
 # Written after publishing (by the compile step) and always ours.
 COMPILED_DIR = "qpc"
 _INNER_STAGING = re.compile(r"\.partial-\d+")  # staging inside an output that is a mount point
 
 
-def _files(root: str) -> Set[str]:
+def _files(root: str) -> set[str]:
     """Relative paths of the files (and symlinks) under root; directories are implied. Staging directories of
     exports built inside root (a mount point) are not part of it."""
     out = set()
@@ -54,7 +67,7 @@ def _files(root: str) -> Set[str]:
     return out
 
 
-def export_files(staging: str) -> Set[str]:
+def export_files(staging: str) -> set[str]:
     """The files this export wrote into its staging directory: the manifest qaic_config.json records."""
     return _files(staging) - {PARTIAL_MARKER}
 
@@ -62,11 +75,13 @@ def export_files(staging: str) -> Set[str]:
 def check_complete(export_dir: str) -> None:
     """Refuse a staging directory: it may hold a half-written or unverified export."""
     if os.path.exists(os.path.join(export_dir, PARTIAL_MARKER)):
-        raise UserError(f"{export_dir} is the staging directory of an unfinished export, not an export: load the "
-                        "output directory it was building (or export again)")
+        raise UserError(
+            f"{export_dir} is the staging directory of an unfinished export, not an export: load the "
+            "output directory it was building (or export again)"
+        )
 
 
-def read_manifest(export_dir: str) -> Optional[Set[str]]:
+def read_manifest(export_dir: str) -> set[str] | None:
     """The files an earlier export of ours wrote there, or None when export_dir holds no export of ours."""
     path = os.path.join(export_dir, CONFIG_NAME)
     if not os.path.isfile(path) or os.path.islink(path):
@@ -85,12 +100,12 @@ def read_manifest(export_dir: str) -> Optional[Set[str]]:
     return {p for p in present if p.split(os.sep)[0] in LEGACY_ENTRIES}
 
 
-def _ours(path: str, manifest: Set[str]) -> bool:
+def _ours(path: str, manifest: set[str]) -> bool:
     parts = path.split(os.sep)
     return path in manifest or (len(parts) > 2 and parts[1] == COMPILED_DIR) or path == "compile.sh"
 
 
-def foreign_files(output: str) -> List[str]:
+def foreign_files(output: str) -> list[str]:
     """Files under output that no export of ours wrote (all of them when output holds no export of ours)."""
     if not os.path.isdir(output):
         return []
@@ -102,7 +117,6 @@ def foreign_files(output: str) -> List[str]:
 
 
 # -- staging ---------------------------------------------------------------------------------------------------
-
 
 
 def _alive(pid: int) -> bool:
@@ -125,8 +139,10 @@ class Target:
 def _resolve_output(output: str) -> str:
     path = os.path.abspath(output)
     if os.path.islink(path) and not os.path.exists(path):
-        raise UserError(f"output {output} is a symlink to {os.readlink(path)}, which does not exist: create it or "
-                        "choose another output directory")
+        raise UserError(
+            f"output {output} is a symlink to {os.readlink(path)}, which does not exist: create it or "
+            "choose another output directory"
+        )
     path = os.path.realpath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"output {output} is a file: give a directory")
@@ -142,7 +158,7 @@ def remove_dead_staging(parent: str, base: str, output: str) -> None:
         return
     prefix = f"{base}.partial-"
     for name in names:
-        pid = name[len(prefix):]
+        pid = name[len(prefix) :]
         if name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             staging = os.path.join(parent, name)
             _restore_foreign(staging, output)
@@ -169,8 +185,10 @@ def prepare(output: str, overwrite: bool) -> Target:
     foreign = foreign_files(path)
     if foreign and read_manifest(path) is None and not overwrite:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise UserError(f"output {output} is not empty and holds no earlier export ({shown}): choose another "
-                        "directory, or pass --overwrite to export into it (files of other names are kept)")
+        raise UserError(
+            f"output {output} is not empty and holds no earlier export ({shown}): choose another "
+            "directory, or pass --overwrite to export into it (files of other names are kept)"
+        )
     in_place = os.path.ismount(path)
     if in_place:
         staging_parent, base = path, ""
@@ -224,14 +242,16 @@ def _locked(directory: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _carry_over(output: str, staging: str, new_files: Set[str], overwrite: bool) -> None:
+def _carry_over(output: str, staging: str, new_files: set[str], overwrite: bool) -> None:
     """Move the files we did not write from the old output into the new export, at the same paths."""
     for rel in foreign_files(output):
         if rel in new_files:
             if overwrite:
                 continue  # consented: ours replaces it
-            raise UserError(f"{os.path.join(output, rel)} was not written by an export and the new export writes the "
-                            "same path: move it away, or pass --overwrite to replace it")
+            raise UserError(
+                f"{os.path.join(output, rel)} was not written by an export and the new export writes the "
+                "same path: move it away, or pass --overwrite to replace it"
+            )
         dest = os.path.join(staging, rel)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.rename(os.path.join(output, rel), dest)

@@ -8,8 +8,8 @@ Non-persistent buffers (rotary ``inv_freq``) are not in checkpoints: the rotary 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, List
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ def _set(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
 
 
-def _params_of(root: nn.Module, prefix: str, exclude: List[nn.Module]):
+def _params_of(root: nn.Module, prefix: str, exclude: list[nn.Module]):
     """(module, attribute name, full name) of root's parameters, skipping the subtrees in exclude."""
     skip = {id(m) for m in exclude}
     stack = [(prefix, root)]
@@ -61,7 +61,7 @@ def reference_logits(model: nn.Module, arch, read: ReadRows, ids: np.ndarray) ->
     rotary = arch.rotary_embedding(model)
     _replace_module(model, rotary, type(rotary)(config=model.config))
     hooks = []
-    for i, layer in enumerate(layers):
+    for _i, layer in enumerate(layers):
         entries = list(_params_of(layer, _prefix_of(model, layer), []))
         hooks.append(layer.register_forward_pre_hook(_enter(entries, read)))
         hooks.append(layer.register_forward_hook(_leave(entries)))
@@ -87,6 +87,7 @@ def _enter(entries, read):
         module._qaic_saved = [(m, n, m._parameters[n]) for m, n, _ in entries]
         for m, n, full in entries:
             _set(m, n, read(full, None))
+
     return hook
 
 
@@ -95,4 +96,5 @@ def _leave(entries):
         for m, n, meta in module._qaic_saved:
             m._parameters[n] = meta
         del module._qaic_saved
+
     return hook

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List
 
 import numpy as np
 
@@ -24,8 +23,8 @@ RELATIVE_TOLERANCE = 1e-4  # of the logits' scale; fp32 round-off through a full
 
 @dataclass
 class Run:
-    logits: List[np.ndarray]  # [B, V] after the prompt and after each decode step
-    tokens: List[np.ndarray]  # [B] fed at each decode step
+    logits: list[np.ndarray]  # [B, V] after the prompt and after each decode step
+    tokens: list[np.ndarray]  # [B] fed at each decode step
 
 
 def prompt_for(settings: ExportSettings, vocab_size: int, decode_steps: int = 3, seed: int = 0) -> np.ndarray:
@@ -35,7 +34,7 @@ def prompt_for(settings: ExportSettings, vocab_size: int, decode_steps: int = 3,
     return np.random.default_rng(seed).integers(0, vocab_size, size=(settings.batch_size, n)).astype(np.int64)
 
 
-def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: List[np.ndarray] = None, desc: str = "") -> Run:
+def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: list[np.ndarray] = None, desc: str = "") -> Run:
     """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given.
 
     The logits are copied: an array onnxruntime returns (and any view of it) keeps the memory arena of the session
@@ -74,8 +73,13 @@ def verify_export(export_dir: str, model, source, settings: ExportSettings) -> d
     try:
         for graph, path in fp16_files.items():
             emulate_fp16(graph_file(export_dir, graph), path)
-        fp16 = run_graphs(CausalLMRunner(export_dir, low_memory=True, ctx_len=ctx, graph_files=fp16_files), prompt,
-                          steps, fp32.tokens, desc="verify fp16")
+        fp16 = run_graphs(
+            CausalLMRunner(export_dir, low_memory=True, ctx_len=ctx, graph_files=fp16_files),
+            prompt,
+            steps,
+            fp32.tokens,
+            desc="verify fp16",
+        )
     finally:
         for path in fp16_files.values():
             if os.path.exists(path):
@@ -90,15 +94,23 @@ def verify_export(export_dir: str, model, source, settings: ExportSettings) -> d
     finite = all(np.isfinite(x).all() for x in fp16.logits)
     worst16 = max(relative(a, b) for a, b in zip(fp16.logits, fp32.logits)) if finite else float("inf")
     agree = [bool((a.argmax(-1) == b.argmax(-1)).all()) for a, b in zip(fp16.logits, fp32.logits)]
-    info(f"verify: prompt of {n} tokens + {steps} decode steps, max |logits - transformers| = {worst:.2e} of "
-        f"the logits' scale")
-    info(f"verify fp16 (as -convert-to-fp16 runs it): {'finite' if finite else 'NOT FINITE'}, max |fp16 - "
-        f"fp32| = {worst16:.2e} of the logits' scale, greedy tokens agree at {sum(agree)}/{len(agree)} steps")
+    info(
+        f"verify: prompt of {n} tokens + {steps} decode steps, max |logits - transformers| = {worst:.2e} of "
+        f"the logits' scale"
+    )
+    info(
+        f"verify fp16 (as -convert-to-fp16 runs it): {'finite' if finite else 'NOT FINITE'}, max |fp16 - "
+        f"fp32| = {worst16:.2e} of the logits' scale, greedy tokens agree at {sum(agree)}/{len(agree)} steps"
+    )
     if not worst <= RELATIVE_TOLERANCE:
-        raise UserError(f"verification failed: onnxruntime logits differ from transformers by {worst:.2e} "
-                        f"(tolerance {RELATIVE_TOLERANCE:.0e}); the export is not exact. Re-run with --no-verify "
-                        "to keep the artifacts anyway, and please report this")
+        raise UserError(
+            f"verification failed: onnxruntime logits differ from transformers by {worst:.2e} "
+            f"(tolerance {RELATIVE_TOLERANCE:.0e}); the export is not exact. Re-run with --no-verify "
+            "to keep the artifacts anyway, and please report this"
+        )
     if not finite:
-        raise UserError("verification failed: the graphs give non-finite logits when run in fp16 as the card runs "
-                        "them; re-run with --no-verify to keep the artifacts anyway, and please report this")
+        raise UserError(
+            "verification failed: the graphs give non-finite logits when run in fp16 as the card runs "
+            "them; re-run with --no-verify to keep the artifacts anyway, and please report this"
+        )
     return {"fp32": worst, "fp16": worst16, "agree": agree}

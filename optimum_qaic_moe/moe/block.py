@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -42,14 +41,16 @@ class MoEDispatchConfig:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         auto = self.chunk_size == "auto"
         if self.num_cores < 1 or not (auto or (isinstance(self.chunk_size, int) and self.chunk_size >= 1)):
-            raise ValueError(f"num_cores must be >= 1 and chunk_size >= 1 or 'auto', got {self.num_cores}, "
-                             f"{self.chunk_size!r}")
+            raise ValueError(
+                f"num_cores must be >= 1 and chunk_size >= 1 or 'auto', got {self.num_cores}, {self.chunk_size!r}"
+            )
 
     def resolve_chunk_size(self, num_tokens: int, top_k: int, num_experts: int) -> int:
         if self.chunk_size != "auto":
             return self.chunk_size
-        return choose_chunk_size(self.algorithm, num_tokens, top_k, num_experts, self.num_cores,
-                                 bytes_per_weight=self.weight_bytes)
+        return choose_chunk_size(
+            self.algorithm, num_tokens, top_k, num_experts, self.num_cores, bytes_per_weight=self.weight_bytes
+        )
 
 
 class MoEBlock(nn.Module):
@@ -62,8 +63,15 @@ class MoEBlock(nn.Module):
     ``sigmoid(shared_gate(x))`` when a gate is given.
     """
 
-    def __init__(self, router: nn.Module, experts: nn.Module, num_experts: int, config: MoEDispatchConfig,
-                 shared: Optional[nn.Module] = None, shared_gate: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        router: nn.Module,
+        experts: nn.Module,
+        num_experts: int,
+        config: MoEDispatchConfig,
+        shared: nn.Module | None = None,
+        shared_gate: nn.Module | None = None,
+    ):
         super().__init__()
         self.router = router
         self.experts = experts

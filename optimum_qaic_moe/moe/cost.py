@@ -69,19 +69,38 @@ class Prediction:
         return self.compute_s + self.dram_s
 
 
-def predict(dispatch: str, num_tokens: int, top_k: int, num_experts: int, num_cores: int, chunk_size: int,
-            expert_weights: int = 1, device: Device = DEFAULT_DEVICE, bytes_per_weight: float = FP16_BYTES
-            ) -> Prediction:
+def predict(
+    dispatch: str,
+    num_tokens: int,
+    top_k: int,
+    num_experts: int,
+    num_cores: int,
+    chunk_size: int,
+    expert_weights: int = 1,
+    device: Device = DEFAULT_DEVICE,
+    bytes_per_weight: float = FP16_BYTES,
+) -> Prediction:
     """Predicted expert time of one MoE layer. ``expert_weights``: weight elements of one expert (3*H*I); the
     default 1 gives times per weight element, enough to compare chunk sizes."""
     rows, loads = expert_work(dispatch, num_tokens, top_k, num_experts, num_cores, chunk_size)
     peak = device.fp16_flops * min(num_cores, device.cores) / device.cores
-    return Prediction(rows, loads, rows * 2 * expert_weights / peak,
-                      loads * expert_weights * bytes_per_weight / device.dram_bytes_per_s)
+    return Prediction(
+        rows,
+        loads,
+        rows * 2 * expert_weights / peak,
+        loads * expert_weights * bytes_per_weight / device.dram_bytes_per_s,
+    )
 
 
-def choose_chunk_size(dispatch: str, num_tokens: int, top_k: int, num_experts: int, num_cores: int,
-                      device: Device = DEFAULT_DEVICE, bytes_per_weight: float = FP16_BYTES) -> int:
+def choose_chunk_size(
+    dispatch: str,
+    num_tokens: int,
+    top_k: int,
+    num_experts: int,
+    num_cores: int,
+    device: Device = DEFAULT_DEVICE,
+    bytes_per_weight: float = FP16_BYTES,
+) -> int:
     """The chunk (blocked) or tile (grouped) size C that ``--moe-prefill-packed-chunk-size auto`` exports.
 
     Among C in 1..T, take the fastest by ``predict`` among those that execute at most 2x the ideal expert

@@ -77,17 +77,28 @@ class BlockedPlan:
     def describe(self) -> str:
         parts = []
         if self.requested_cores > self.num_experts:
-            parts.append(f"{self.requested_cores} cores for {self.num_experts} experts: "
-                         f"{self.requested_cores - self.num_experts} cores get no expert")
+            parts.append(
+                f"{self.requested_cores} cores for {self.num_experts} experts: "
+                f"{self.requested_cores - self.num_experts} cores get no expert"
+            )
         elif self.num_experts % self.num_cores:
             last = self.num_experts % self.num_cores
-            parts.append(f"{self.num_experts} experts over {self.num_cores} cores: {len(self.slots)} slots, the "
-                         f"last holds {last} experts (cores {last}..{self.num_cores - 1} idle in it), no padding")
+            parts.append(
+                f"{self.num_experts} experts over {self.num_cores} cores: {len(self.slots)} slots, the "
+                f"last holds {last} experts (cores {last}..{self.num_cores - 1} idle in it), no padding"
+            )
         return "; ".join(parts)
 
 
-def blocked_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, expert_mlp: ExpertMLP,
-                        num_experts: int, num_cores: int, chunk_size: int) -> torch.Tensor:
+def blocked_moe_forward(
+    x: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_w: torch.Tensor,
+    expert_mlp: ExpertMLP,
+    num_experts: int,
+    num_cores: int,
+    chunk_size: int,
+) -> torch.Tensor:
     """Expert-blocked, NSP-parallel MoE over x [T, H]; returns [T, H]."""
     T, H = x.shape
     plan = BlockedPlan.make(num_experts, num_cores, chunk_size, T)
@@ -112,7 +123,7 @@ def blocked_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.T
         ws = weights[:, experts].t().unsqueeze(-1)  # [n, T, 1]
         part = acc[:n]
         for c in range(plan.num_chunks):
-            rows = table[:, c * C:(c + 1) * C]  # [n, C]
+            rows = table[:, c * C : (c + 1) * C]  # [n, C]
             h = expert_mlp(ctx_gather_3d(xs, rows), experts)  # [n, C, H]
             h = h * ctx_gather_3d(ws, rows)  # [n, C, 1]
             part = ctx_scatter_3d(part, rows, ctx_gather_3d(part, rows) + h)  # empty rows are skipped
@@ -142,8 +153,9 @@ class GroupedPlan:
     @classmethod
     def make(cls, num_experts: int, top_k: int, tile_rows: int, num_tokens: int) -> GroupedPlan:
         if tile_rows < 1 or top_k < 1 or top_k > num_experts:
-            raise ValueError(f"need tile_rows >= 1 and 1 <= top_k <= num_experts, got {tile_rows}, {top_k}, "
-                             f"{num_experts}")
+            raise ValueError(
+                f"need tile_rows >= 1 and 1 <= top_k <= num_experts, got {tile_rows}, {top_k}, {num_experts}"
+            )
         return cls(num_experts, top_k, min(tile_rows, num_tokens), num_tokens)
 
     @property
@@ -166,9 +178,11 @@ class GroupedPlan:
 
     def describe(self) -> str:
         ideal = self.num_pairs
-        return (f"{self.num_tokens} tokens x top-{self.top_k} = {ideal} routed rows in {self.num_tiles} tiles of "
-                f"{self.tile_rows}: {self.executed_rows} rows executed ({self.executed_rows / ideal:.2f}x the "
-                f"ideal), {self.num_tiles} expert weight sets loaded")
+        return (
+            f"{self.num_tokens} tokens x top-{self.top_k} = {ideal} routed rows in {self.num_tiles} tiles of "
+            f"{self.tile_rows}: {self.executed_rows} rows executed ({self.executed_rows / ideal:.2f}x the "
+            f"ideal), {self.num_tiles} expert weight sets loaded"
+        )
 
 
 def grouped_layout(topk_idx: torch.Tensor, num_experts: int, plan: GroupedPlan):
@@ -194,8 +208,14 @@ def grouped_layout(topk_idx: torch.Tensor, num_experts: int, plan: GroupedPlan):
     return pair_row, tile_expert
 
 
-def grouped_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, expert_mlp: ExpertMLP,
-                        num_experts: int, tile_rows: int) -> torch.Tensor:
+def grouped_moe_forward(
+    x: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_w: torch.Tensor,
+    expert_mlp: ExpertMLP,
+    num_experts: int,
+    tile_rows: int,
+) -> torch.Tensor:
     """Grouped-tile MoE over x [T, H]; returns [T, H]. Executes M*C expert rows (``GroupedPlan``), not E*T.
 
     Rows are gathered into [M, C, H] tiles (empty rows read token 0 through the sentinel and are never read
@@ -217,20 +237,22 @@ def grouped_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.T
     return (back.view(T, k, H) * topk_w.unsqueeze(-1)).sum(1)
 
 
-def loop_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, expert_mlp: ExpertMLP,
-                     num_experts: int) -> torch.Tensor:
+def loop_moe_forward(
+    x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, expert_mlp: ExpertMLP, num_experts: int
+) -> torch.Tensor:
     """Per-expert loop: every expert runs on every token, weighted by its (mostly zero) routing weight.
 
     The static-graph baseline the blocked path is measured against; E*T expert rows."""
     weights = dense_routing_weights(topk_idx, topk_w, num_experts)  # [T, E]
     out = torch.zeros_like(x)
     for e in range(num_experts):
-        out = out + expert_mlp(x.unsqueeze(0), slice(e, e + 1))[0] * weights[:, e:e + 1]
+        out = out + expert_mlp(x.unsqueeze(0), slice(e, e + 1))[0] * weights[:, e : e + 1]
     return out
 
 
-def gathered_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
-                         expert_mlp: ExpertMLP) -> torch.Tensor:
+def gathered_moe_forward(
+    x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, expert_mlp: ExpertMLP
+) -> torch.Tensor:
     """Decode path: each token multiplies only the weights of its k experts (gathered). T*k expert rows.
 
     The C=1 case of the grouped scheme (M = T*k tiles of one row), without the ranking: a tile per pair needs
@@ -244,13 +266,15 @@ def gathered_moe_forward(x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.
 
 # -- work accounting ------------------------------------------------------------------------------------------
 
+
 def ideal_expert_flops(num_tokens: int, top_k: int, hidden: int, intermediate: int) -> int:
     """FLOPs of the selected experts only: T*k rows, 3 matmuls of H x I, 2 FLOPs per MAC."""
     return num_tokens * top_k * 3 * hidden * intermediate * 2
 
 
-def expert_work(dispatch: str, num_tokens: int, top_k: int, num_experts: int, num_cores: int = 1,
-                chunk_size: int = 256):
+def expert_work(
+    dispatch: str, num_tokens: int, top_k: int, num_experts: int, num_cores: int = 1, chunk_size: int = 256
+):
     """(expert-MLP rows, expert weight sets loaded) that the static graph of ``dispatch`` executes per layer."""
     if dispatch == "blocked":
         plan = BlockedPlan.make(num_experts, num_cores, chunk_size, num_tokens)
@@ -265,8 +289,16 @@ def expert_work(dispatch: str, num_tokens: int, top_k: int, num_experts: int, nu
     raise ValueError(f"unknown dispatch {dispatch!r}")
 
 
-def executed_expert_flops(dispatch: str, num_tokens: int, top_k: int, hidden: int, intermediate: int,
-                          num_experts: int, num_cores: int = 1, chunk_size: int = 256) -> int:
+def executed_expert_flops(
+    dispatch: str,
+    num_tokens: int,
+    top_k: int,
+    hidden: int,
+    intermediate: int,
+    num_experts: int,
+    num_cores: int = 1,
+    chunk_size: int = 256,
+) -> int:
     """Expert-MLP FLOPs the static graph of ``dispatch`` executes (blocked, grouped, loop or gathered)."""
     rows, _ = expert_work(dispatch, num_tokens, top_k, num_experts, num_cores, chunk_size)
     return rows * 3 * hidden * intermediate * 2

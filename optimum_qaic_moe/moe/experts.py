@@ -6,7 +6,7 @@ see ``optimum_qaic_moe.tensors``) and the gated activation.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,16 @@ class GatedExperts(nn.Module):
     """E gated MLPs: ``(x [G, R, H], experts: slice | LongTensor[G]) -> [G, R, H]`` runs expert ``experts[g]`` on
     rows ``x[g]``. A slice picks a contiguous range (views of the weights); a tensor gathers G weight sets."""
 
-    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, activation: GatedActivation,
-                 gate_bias: Optional[torch.Tensor] = None, up_bias: Optional[torch.Tensor] = None,
-                 down_bias: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        down: torch.Tensor,
+        activation: GatedActivation,
+        gate_bias: torch.Tensor | None = None,
+        up_bias: torch.Tensor | None = None,
+        down_bias: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.gate, self.up, self.down = gate, up, down  # [E, H, I], [E, H, I], [E, I, H]
         self.gate_bias, self.up_bias, self.down_bias = gate_bias, up_bias, down_bias  # [E, I], [E, I], [E, H]
@@ -35,13 +42,13 @@ class GatedExperts(nn.Module):
     def num_experts(self) -> int:
         return self.gate.shape[0]
 
-    def forward(self, x: torch.Tensor, experts: Union[slice, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, experts: slice | torch.Tensor) -> torch.Tensor:
         gate = _affine(x, self.gate, self.gate_bias, experts)  # [G, R, I]
         up = _affine(x, self.up, self.up_bias, experts)
         return _affine(self.activation(gate, up), self.down, self.down_bias, experts)  # [G, R, H]
 
 
-def _pick(weight: torch.Tensor, experts: Union[slice, torch.Tensor]) -> torch.Tensor:
+def _pick(weight: torch.Tensor, experts: slice | torch.Tensor) -> torch.Tensor:
     # index_select, not weight[tensor]: one Gather in the graph, where advanced indexing may export as
     # Transpose + GatherND + Transpose
     return weight[experts] if isinstance(experts, slice) else weight.index_select(0, experts)
@@ -55,7 +62,7 @@ def _affine(x, weight, bias, experts):
 class Linear(nn.Module):
     """``x @ weight_t (+ bias)`` with the weight stored ``[in, out]``: the graph has no Transpose by a weight."""
 
-    def __init__(self, weight_t: torch.Tensor, bias: Optional[torch.Tensor] = None):
+    def __init__(self, weight_t: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
         self.weight_t, self.bias = weight_t, bias
 

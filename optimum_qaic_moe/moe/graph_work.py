@@ -34,8 +34,9 @@ def _is_expert_matmul(node) -> bool:
     if node.op_type != "MatMul" or "namespace" not in meta:
         return False
     segments = [seg.split(": ") for seg in meta["namespace"].split("/")]  # [[module path, class], ...]
-    return any(cls == MOE_BLOCK_CLASS and nxt[0].split(".")[-1] == "experts"
-               for (_, cls), nxt in itertools.pairwise(segments))
+    return any(
+        cls == MOE_BLOCK_CLASS and nxt[0].split(".")[-1] == "experts" for (_, cls), nxt in itertools.pairwise(segments)
+    )
 
 
 def _default_dims(path: str) -> dict:

@@ -264,7 +264,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Ten
 # --------------------------------------------------------------------------------------------------------
 
 
-def onnx_functions(opset: int) -> list["onnx.FunctionProto"]:
+def onnx_functions(opset: int) -> list[onnx.FunctionProto]:
     """The FunctionProtos of every op here: the five com.qualcomm.cloud ops, then CustomRMSNorm (domain
     com.qti.aisw.onnx); bodies in the default domain at ``opset``."""
     from ._onnx_functions import build_functions

@@ -40,8 +40,7 @@ def _node(op, inputs, outputs, **attrs):
 
 def _dim(tensor: str, axis: int, out: str) -> list[onnx.NodeProto]:
     """``out`` = int64 [1] holding ``shape(tensor)[axis]``."""
-    return [_node("Shape", [tensor], [out + "_shape"]),
-            _node("Gather", [out + "_shape", f"ax{axis}"], [out], axis=0)]
+    return [_node("Shape", [tensor], [out + "_shape"]), _node("Gather", [out + "_shape", f"ax{axis}"], [out], axis=0)]
 
 
 def _axis_consts(*axes: int) -> list[onnx.NodeProto]:
@@ -145,15 +144,20 @@ def _gather_body(four_d: bool) -> list[onnx.NodeProto]:
         _node("Where", ["is_sentinel", "zero", "idx64"], ["safe"]),  # [B,P]
     ]
     if four_d:  # [B,P] -> [B,H,P,1], GatherND over (b, h) batches
-        nodes += _axis_consts(0, 1) + _dim("data", 0, "B") + _dim("data", 1, "H") + [
-            _node("Shape", ["safe"], ["safe_shape"]),
-            _node("Gather", ["safe_shape", "ax1"], ["P"], axis=0),
-            _node("Concat", ["B", "H", "P"], ["bhp"], axis=0),
-            _node("Unsqueeze", ["safe", "ax1"], ["safe_u"]),  # [B,1,P]
-            _node("Expand", ["safe_u", "bhp"], ["safe_bhp"]),
-            _node("Unsqueeze", ["safe_bhp", "axm1"], ["safe4"]),
-            _node("GatherND", ["data", "safe4"], ["out"], batch_dims=2),  # [B,H,P,D]
-        ]
+        nodes += (
+            _axis_consts(0, 1)
+            + _dim("data", 0, "B")
+            + _dim("data", 1, "H")
+            + [
+                _node("Shape", ["safe"], ["safe_shape"]),
+                _node("Gather", ["safe_shape", "ax1"], ["P"], axis=0),
+                _node("Concat", ["B", "H", "P"], ["bhp"], axis=0),
+                _node("Unsqueeze", ["safe", "ax1"], ["safe_u"]),  # [B,1,P]
+                _node("Expand", ["safe_u", "bhp"], ["safe_bhp"]),
+                _node("Unsqueeze", ["safe_bhp", "axm1"], ["safe4"]),
+                _node("GatherND", ["data", "safe4"], ["out"], batch_dims=2),  # [B,H,P,D]
+            ]
+        )
     else:
         nodes += [
             _node("Unsqueeze", ["safe", "axm1"], ["safe3"]),  # [B,P,1]
@@ -176,8 +180,10 @@ def _rms_norm_body(opset: int) -> list[onnx.NodeProto]:
     else:
         nodes.append(_node("ReduceMean", ["sq"], ["var"], axes=[-1], keepdims=1))
     nodes += [
-        _node("CastLike", ["eps", "var"], ["eps_t"]) if opset >= 15 else  # CastLike is opset 15
-        _node("Cast", ["eps"], ["eps_t"], to=TensorProto.FLOAT),
+        _node("CastLike", ["eps", "var"], ["eps_t"])
+        if opset >= 15
+        # CastLike is opset 15
+        else _node("Cast", ["eps"], ["eps_t"], to=TensorProto.FLOAT),
         _node("Add", ["var", "eps_t"], ["var_eps"]),
         _node("Sqrt", ["var_eps"], ["rms"]),
         _node("Reciprocal", ["rms"], ["inv_rms"]),
@@ -223,18 +229,28 @@ def build_functions(opset: int) -> list[onnx.FunctionProto]:
         "CtxScatter3DInt": (["data", "pos", "upd"], _scatter_body(False)),
         "CtxGather3D": (["data", "idx"], _gather_body(False)),
     }
-    ctx_ops = [helper.make_function(QAIC_DOMAIN, name, inputs, ["out"], nodes, [helper.make_opsetid("", opset)],
-                                    doc_string=_DOCS[name])
-               for name, (inputs, nodes) in ((n, specs[n]) for n in OP_NAMES)]
+    ctx_ops = [
+        helper.make_function(
+            QAIC_DOMAIN, name, inputs, ["out"], nodes, [helper.make_opsetid("", opset)], doc_string=_DOCS[name]
+        )
+        for name, (inputs, nodes) in ((n, specs[n]) for n in OP_NAMES)
+    ]
     return ctx_ops + [rms_norm_function(opset)]
 
 
 def rms_norm_function(opset: int) -> onnx.FunctionProto:
     """``CustomRMSNorm`` in domain com.qti.aisw.onnx (version 1), the name the QAIC compiler knows."""
     opset = _check_opset(opset)
-    return helper.make_function(RMS_NORM_DOMAIN, "CustomRMSNorm", ["hidden_states", "weight"], ["out"],
-                                _rms_norm_body(opset), [helper.make_opsetid("", opset)], attributes=["epsilon"],
-                                doc_string=_DOCS["CustomRMSNorm"])
+    return helper.make_function(
+        RMS_NORM_DOMAIN,
+        "CustomRMSNorm",
+        ["hidden_states", "weight"],
+        ["out"],
+        _rms_norm_body(opset),
+        [helper.make_opsetid("", opset)],
+        attributes=["epsilon"],
+        doc_string=_DOCS["CustomRMSNorm"],
+    )
 
 
 _FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
@@ -253,9 +269,15 @@ def op_schema(name: str) -> onnx.defs.OpSchema:
     fp = onnx.defs.OpSchema.FormalParameter
     if name == "CustomRMSNorm":
         return onnx.defs.OpSchema(
-            name, RMS_NORM_DOMAIN, 1, _DOCS[name], inputs=[fp("hidden_states", "T"), fp("weight", "T")],
-            outputs=[fp("out", "T")], type_constraints=[("T", _FLOAT_TYPES, "float")],
-            attributes=[onnx.defs.OpSchema.Attribute("epsilon", onnx.defs.OpSchema.AttrType.FLOAT, "epsilon")])
+            name,
+            RMS_NORM_DOMAIN,
+            1,
+            _DOCS[name],
+            inputs=[fp("hidden_states", "T"), fp("weight", "T")],
+            outputs=[fp("out", "T")],
+            type_constraints=[("T", _FLOAT_TYPES, "float")],
+            attributes=[onnx.defs.OpSchema.Attribute("epsilon", onnx.defs.OpSchema.AttrType.FLOAT, "epsilon")],
+        )
     inputs, data_types = _SIGNATURES[name]
     params = [fp(n, "T" if n in ("data", "upd") else "Tind") for n in inputs]
     return onnx.defs.OpSchema(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -34,17 +34,28 @@ def load_sdk():
         import QAicApi_pb2 as aicapi
         import qaicrt
     except ImportError as e:
-        raise UserError("device='qaic' needs the QAIC platform SDK's Python runtime (qaicrt, QAicApi_pb2), "
-                        "which is not importable here: install the SDK or use device='cpu'") from e
+        raise UserError(
+            "device='qaic' needs the QAIC platform SDK's Python runtime (qaicrt, QAicApi_pb2), "
+            "which is not importable here: install the SDK or use device='cpu'"
+        ) from e
     return qaicrt, aicapi
 
 
-def numpy_dtypes(aicapi) -> Dict[int, np.dtype]:
+def numpy_dtypes(aicapi) -> dict[int, np.dtype]:
     """Descriptor type -> host numpy dtype. bfloat16 has no numpy type: its 2-byte host buffers are handled as
     float16-sized (the runtime only checks element sizes); quantized types travel as their integer storage."""
-    names = {"FLOAT_TYPE": np.float32, "FLOAT_16_TYPE": np.float16, "BFLOAT16_TYPE": np.float16,
-             "INT8_Q_TYPE": np.int8, "UINT8_Q_TYPE": np.uint8, "INT16_Q_TYPE": np.int16, "INT32_Q_TYPE": np.int32,
-             "INT32_I_TYPE": np.int32, "INT64_I_TYPE": np.int64, "INT8_TYPE": np.int8}
+    names = {
+        "FLOAT_TYPE": np.float32,
+        "FLOAT_16_TYPE": np.float16,
+        "BFLOAT16_TYPE": np.float16,
+        "INT8_Q_TYPE": np.int8,
+        "UINT8_Q_TYPE": np.uint8,
+        "INT16_Q_TYPE": np.int16,
+        "INT32_Q_TYPE": np.int32,
+        "INT32_I_TYPE": np.int32,
+        "INT64_I_TYPE": np.int64,
+        "INT8_TYPE": np.int8,
+    }
     return {getattr(aicapi, name): np.dtype(dtype) for name, dtype in names.items() if hasattr(aicapi, name)}
 
 
@@ -61,8 +72,12 @@ class QAICSession:
     program's ``devMapping``). ``data_path_timeout_ms``: how long the host waits for the card per call.
     """
 
-    def __init__(self, qpc_dir: str, device_ids: Optional[Sequence[int]] = None,
-                 data_path_timeout_ms: int = DEFAULT_DATA_PATH_TIMEOUT_MS):
+    def __init__(
+        self,
+        qpc_dir: str,
+        device_ids: Sequence[int] | None = None,
+        data_path_timeout_ms: int = DEFAULT_DATA_PATH_TIMEOUT_MS,
+    ):
         rt, aicapi = load_sdk()
         if not os.path.isfile(os.path.join(qpc_dir, "programqpc.bin")):
             raise UserError(f"no compiled program in {qpc_dir}: compile first (bash compile.sh next to it)")
@@ -85,8 +100,9 @@ class QAICSession:
         # One {binding name: dims} per specialization the program was compiled for. The descriptor lists
         # allowed_shapes only when there are several; otherwise the selected set is the one shape.
         names = [b.name for b in self.bindings]
-        self.specializations = [dict(zip(names, (list(s.dims) for s in allowed.shapes)))
-                                for allowed in iodesc.allowed_shapes] or [{b.name: list(b.dims) for b in self.bindings}]
+        self.specializations = [
+            dict(zip(names, (list(s.dims) for s in allowed.shapes))) for allowed in iodesc.allowed_shapes
+        ] or [{b.name: list(b.dims) for b in self.bindings}]
 
         properties = rt.QAicProgramProperties()
         properties.dataPathTimeoutMs = int(data_path_timeout_ms)
@@ -105,7 +121,7 @@ class QAICSession:
             where = f" on devices {self.device_ids}" if self.device_ids else ""
             raise RuntimeError(f"qaicrt could not {what} {self.qpc_dir}{where} (status {status})")
 
-    def set_buffers(self, arrays: Dict[str, np.ndarray]) -> None:
+    def set_buffers(self, arrays: dict[str, np.ndarray]) -> None:
         """Bind host arrays (inputs to send, or output placeholders to fill) for the next ``run``."""
         for name, array in arrays.items():
             i = self.index[name]
@@ -120,17 +136,21 @@ class QAICSession:
             self.buffers[i] = self.rt.QBuffer(b"")
             self.dims[i] = (self.dtype[name].itemsize, [0])
 
-    def run(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Bind ``inputs``, execute, return every output that has a host buffer bound (skipped ones stay)."""
         self.set_buffers(inputs)
         rt = self.rt
         if self.exec.setData(self.buffers, self.dims) != rt.QStatus.QS_SUCCESS:
             raise RuntimeError(f"qaicrt setData failed for {self.qpc_dir}")
-        if self.queue.enqueue(self.exec) != rt.QStatus.QS_SUCCESS or \
-                self.exec.waitForCompletion() != rt.QStatus.QS_SUCCESS:
+        if (
+            self.queue.enqueue(self.exec) != rt.QStatus.QS_SUCCESS
+            or self.exec.waitForCompletion() != rt.QStatus.QS_SUCCESS
+        ):
             passed = {b.name: list(d) for b, (_, d) in zip(self.bindings, self.dims) if list(d) != [0]}
-            raise RuntimeError(f"qaicrt execution of {self.qpc_dir} failed; bound shapes {passed}, compiled "
-                               f"specializations {self.specializations}")
+            raise RuntimeError(
+                f"qaicrt execution of {self.qpc_dir} failed; bound shapes {passed}, compiled "
+                f"specializations {self.specializations}"
+            )
         status, out = self.exec.getData()
         if status != rt.QStatus.QS_SUCCESS:
             raise RuntimeError(f"qaicrt getData failed for {self.qpc_dir}")
@@ -148,8 +168,8 @@ class QAICSession:
             self.exec = None
             self.program.deactivate()
 
-    def kv_input_names(self) -> List[str]:
+    def kv_input_names(self) -> list[str]:
         return [n for n in self.input_names if is_kv_name(n)]
 
-    def kv_output_names(self) -> List[str]:
+    def kv_output_names(self) -> list[str]:
         return [n for n in self.output_names if is_kv_name(n)]

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..settings import UserError
 
 RETAINED = "_RetainedState"
-DeviceIds = Union[None, Sequence[int], Mapping[str, Sequence[int]]]
+DeviceIds = None | Sequence[int] | Mapping[str, Sequence[int]]
 
 
 def read_export_meta(export_dir: str) -> dict:
@@ -30,7 +30,7 @@ def read_export_meta(export_dir: str) -> dict:
         return json.load(f)
 
 
-def cache_shapes(onnx_path: str, batch_size: int, ctx_len: int, window: Optional[int]) -> Dict[str, tuple]:
+def cache_shapes(onnx_path: str, batch_size: int, ctx_len: int, window: int | None) -> dict[str, tuple]:
     """The KV cache inputs' shapes of a graph, its symbolic dims bound for one batch size and context length (as
     specializations.json binds them for the compiler)."""
     import onnx
@@ -45,7 +45,7 @@ def cache_shapes(onnx_path: str, batch_size: int, ctx_len: int, window: Optional
     return shapes
 
 
-def export_ctx_lens(meta: dict) -> List[int]:
+def export_ctx_lens(meta: dict) -> list[int]:
     ctx = meta.get("ctx_lens") or meta["settings"]["ctx_len"]
     return sorted(ctx) if isinstance(ctx, list) else [ctx]
 
@@ -53,8 +53,14 @@ def export_ctx_lens(meta: dict) -> List[int]:
 class HostKVCache:
     """onnxruntime graphs; the cache is on the host and crosses into every call (CPU memory, so it is free)."""
 
-    def __init__(self, export_dir: str, meta: dict, low_memory: bool = False, ctx_len: Optional[int] = None,
-                 graph_files: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        export_dir: str,
+        meta: dict,
+        low_memory: bool = False,
+        ctx_len: int | None = None,
+        graph_files: dict[str, str] | None = None,
+    ):
         """``low_memory``: load a graph when first used and drop the other, without onnxruntime's graph
         optimizations, so about one copy of the weights is in memory (for a one-off check such as the export's
         verification; generation switches graphs every call and wants them all loaded and optimized).
@@ -70,13 +76,14 @@ class HostKVCache:
         if ctx_len is not None and ctx_len not in ctx_lens:
             raise UserError(f"the export serves context lengths {ctx_lens}, not {ctx_len}")
         self.ctx_len = ctx_len or max(ctx_lens)
-        self.cache_shapes = cache_shapes(self.graph_files[self.graph_names[0]], self.batch_size, self.ctx_len,
-                                         meta.get("sliding_window"))
+        self.cache_shapes = cache_shapes(
+            self.graph_files[self.graph_names[0]], self.batch_size, self.ctx_len, meta.get("sliding_window")
+        )
         self._loaded = {}
         if not low_memory:
             for name in self.graph_names:
                 self._graph(name)
-        self.cache: Dict[str, np.ndarray] = {}
+        self.cache: dict[str, np.ndarray] = {}
 
     def _graph(self, name: str):
         from .ort import OrtGraph
@@ -101,7 +108,7 @@ class HostKVCache:
         return out["logits"][:, -1, :]  # [B, V]
 
 
-def _device_ids_for(graph: str, device_ids: DeviceIds, num_devices: int) -> Optional[List[int]]:
+def _device_ids_for(graph: str, device_ids: DeviceIds, num_devices: int) -> list[int] | None:
     """The device group of one program: ``device_ids`` is None (the runtime picks), one list for every
     program, or {graph name: list}."""
     ids = device_ids.get(graph) if isinstance(device_ids, Mapping) else device_ids
@@ -111,16 +118,19 @@ def _device_ids_for(graph: str, device_ids: DeviceIds, num_devices: int) -> Opti
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise UserError(f"device_ids for the {graph} program must be non-negative integers, got {ids!r}")
     if num_devices > 1 and len(ids) != num_devices:
-        raise UserError(f"the {graph} program was compiled for {num_devices} devices (--num-devices "
-                        f"{num_devices}): give {num_devices} device ids, got {ids}")
+        raise UserError(
+            f"the {graph} program was compiled for {num_devices} devices (--num-devices "
+            f"{num_devices}): give {num_devices} device ids, got {ids}"
+        )
     return ids
 
 
 class DeviceKVCache:
     """Compiled programs on Cloud AI 100 cards; each keeps its KV cache on the card as retained state."""
 
-    def __init__(self, export_dir: str, meta: dict, device_ids: DeviceIds = None,
-                 data_path_timeout_ms: Optional[int] = None):
+    def __init__(
+        self, export_dir: str, meta: dict, device_ids: DeviceIds = None, data_path_timeout_ms: int | None = None
+    ):
         from .qaic import DEFAULT_DATA_PATH_TIMEOUT_MS, QAICSession
 
         self.graph_names = list(meta["graphs"])
@@ -129,7 +139,7 @@ class DeviceKVCache:
             raise UserError(f"device_ids names {unknown}, but this export has only {', '.join(self.graph_names)}")
         num_devices = int(meta["settings"].get("num_devices", 1))
         timeout = data_path_timeout_ms or DEFAULT_DATA_PATH_TIMEOUT_MS
-        self.sessions: Dict[str, QAICSession] = {}
+        self.sessions: dict[str, QAICSession] = {}
         for graph in self.graph_names:
             ids = _device_ids_for(graph, device_ids, num_devices)
             self.sessions[graph] = QAICSession(os.path.join(export_dir, graph, "qpc"), ids, timeout)
@@ -139,14 +149,14 @@ class DeviceKVCache:
         prefill = self.spec.get("prefill")
         self.prefill_seq_len = prefill["input_ids"][1] if prefill else meta["settings"]["prefill_seq_len"]
         self.request = 0
-        self._resident: Dict[str, int] = {}  # graph -> the request whose cache that program holds
+        self._resident: dict[str, int] = {}  # graph -> the request whose cache that program holds
         self._handoff = None  # (source graph, {past_* name: host array}) waiting for the other program
 
     def _ctx_len(self, graph: str, spec: dict) -> int:
         """The context of a specialization: the longest cache (GPT-OSS ring layers are shorter)."""
         return max(spec[name][2] for name in self.sessions[graph].kv_input_names())
 
-    def _select_specializations(self) -> Dict[str, dict]:
+    def _select_specializations(self) -> dict[str, dict]:
         """One specialization per program: the largest (context, batch) every program was compiled for; the
         prefill program's longest chunk and the decode program's shortest step within it."""
         options = {}
@@ -157,8 +167,10 @@ class DeviceKVCache:
         common = set.intersection(*(set(keys) for keys in options.values()))
         if not common:
             found = "; ".join(f"{g}: {sorted(k)}" for g, k in options.items())
-            raise UserError(f"the compiled programs share no (context length, batch size): {found}; compile all "
-                            "graphs of one export together")
+            raise UserError(
+                f"the compiled programs share no (context length, batch size): {found}; compile all "
+                "graphs of one export together"
+            )
         best = max(common)
         pick = {"prefill": max, "decode": min}
         return {g: pick.get(g, max)(options[g][best], key=lambda s: s["input_ids"][1]) for g in self.sessions}
@@ -197,7 +209,7 @@ class DeviceKVCache:
         session.set_buffers({"logits": np.empty(spec["logits"], session.dtype["logits"])})
         out = session.run({"input_ids": input_ids, "position_ids": position_ids})
         if hand_over:
-            self._handoff = (graph, {n[:-len(RETAINED)]: out[n] for n in outputs})
+            self._handoff = (graph, {n[: -len(RETAINED)]: out[n] for n in outputs})
         return out["logits"][:, -1, :].astype(np.float32)  # [B, V]
 
     def close(self) -> None:
@@ -214,9 +226,16 @@ class CausalLMRunner:
     ``device_ids`` and ``data_path_timeout_ms`` apply to ``device="qaic"`` (see ``DeviceKVCache``).
     """
 
-    def __init__(self, export_dir: str, device: str = "cpu", low_memory: bool = False,
-                 device_ids: DeviceIds = None, data_path_timeout_ms: Optional[int] = None,
-                 ctx_len: Optional[int] = None, graph_files: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        export_dir: str,
+        device: str = "cpu",
+        low_memory: bool = False,
+        device_ids: DeviceIds = None,
+        data_path_timeout_ms: int | None = None,
+        ctx_len: int | None = None,
+        graph_files: dict[str, str] | None = None,
+    ):
         self.meta = read_export_meta(export_dir)
         if device not in ("cpu", "qaic"):
             raise UserError(f"unknown device {device!r}: use 'cpu' (onnxruntime) or 'qaic'")
@@ -228,8 +247,11 @@ class CausalLMRunner:
             self.kv = DeviceKVCache(export_dir, self.meta, device_ids, data_path_timeout_ms)
         self.export_dir, self.device = export_dir, device
         self.graph_names = self.kv.graph_names
-        self.batch_size, self.prefill_seq_len, self.ctx_len = (self.kv.batch_size, self.kv.prefill_seq_len,
-                                                                self.kv.ctx_len)
+        self.batch_size, self.prefill_seq_len, self.ctx_len = (
+            self.kv.batch_size,
+            self.kv.prefill_seq_len,
+            self.kv.ctx_len,
+        )
         self.pad_token_id = self.meta.get("pad_token_id") or 0
 
     @property
@@ -246,8 +268,10 @@ class CausalLMRunner:
         if isinstance(self.kv, HostKVCache):
             self.kv.cache = value
         elif value != ("on the card", self.kv.request):
-            raise UserError("on device='qaic' the KV cache stays on the card, so one group of prompts runs at a "
-                            f"time: export with --batch-size covering all rows (now {self.batch_size})")
+            raise UserError(
+                "on device='qaic' the KV cache stays on the card, so one group of prompts runs at a "
+                f"time: export with --batch-size covering all rows (now {self.batch_size})"
+            )
 
     def reset(self) -> None:
         """Start a new request (the next prefill does this itself)."""
@@ -259,16 +283,20 @@ class CausalLMRunner:
 
     def _run(self, graph: str, input_ids: np.ndarray, position_ids: np.ndarray, ends_prompt: bool = False):
         if int(position_ids.max()) >= self.ctx_len:
-            raise UserError(f"position {int(position_ids.max())} does not fit the context of {self.ctx_len} "
-                            "tokens: export with a larger --ctx-len or generate fewer tokens")
+            raise UserError(
+                f"position {int(position_ids.max())} does not fit the context of {self.ctx_len} "
+                "tokens: export with a larger --ctx-len or generate fewer tokens"
+            )
         return self.kv.run(graph, input_ids.astype(np.int64), position_ids.astype(np.int64), ends_prompt)
 
     def _check_batch(self, n: int) -> None:
         if n != self.batch_size:
-            raise UserError(f"the graphs were exported for batch size {self.batch_size}, got {n} prompts: "
-                            f"export with --batch-size {n}")
+            raise UserError(
+                f"the graphs were exported for batch size {self.batch_size}, got {n} prompts: "
+                f"export with --batch-size {n}"
+            )
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         """Left-padded prompts [B, n] -> logits at each row's last token [B, V]. Starts a new request."""
         input_ids = np.asarray(input_ids)
         self._check_batch(input_ids.shape[0])

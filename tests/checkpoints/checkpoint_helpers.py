@@ -13,8 +13,11 @@ TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 # (model_type, format, overrides): every on-disk layout the reader takes, at tiny size.
 FORMATS = {
     "qwen3_moe-hub": ("qwen3_moe", "hub", {}),  # bf16, 4 shards, per-expert, 128 experts top-8, 1 KV head, dense layer
-    "qwen3_moe-hub-tied": ("qwen3_moe", "hub", {"tie_word_embeddings": True, "num_experts": 16,
-                                                  "num_hidden_layers": 2}),
+    "qwen3_moe-hub-tied": (
+        "qwen3_moe",
+        "hub",
+        {"tie_word_embeddings": True, "num_experts": 16, "num_hidden_layers": 2},
+    ),
     "qwen3_moe-bf16": ("qwen3_moe", "bf16", {}),
     "qwen3_moe-fused": ("qwen3_moe", "fused", {"rope_theta": 1e6}),  # transformers 5's fused save, 5.x config
     "qwen3_moe-fp32": ("qwen3_moe", "fp32", {}),

@@ -102,8 +102,11 @@ def test_index_naming_a_tensor_its_shard_lacks_is_one_clear_error(checkpoints, t
     index = json.loads((path / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.layers.9.mlp.gate.weight"] = "model-00001-of-00004.safetensors"
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(UserError, match=r"1 tensors listed in .* are not in the shard it names "
-                                        r"\(model.layers.9.mlp.gate.weight\)"):
+    with pytest.raises(
+        UserError,
+        match=r"1 tensors listed in .* are not in the shard it names "
+        r"\(model.layers.9.mlp.gate.weight\)",
+    ):
         SafetensorsCheckpoint(str(path))
 
 
@@ -116,8 +119,9 @@ def test_truncated_file_is_one_clear_error(checkpoints, tmp_path):
 
 def test_directory_without_safetensors_is_one_clear_error(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(UserError, match="no safetensors weights in .*: expected model.safetensors or "
-                                        "model.safetensors.index.json") as err:
+    with pytest.raises(
+        UserError, match="no safetensors weights in .*: expected model.safetensors or model.safetensors.index.json"
+    ) as err:
         SafetensorsCheckpoint(str(tmp_path))
     assert "\n" not in str(err.value)
 
@@ -128,8 +132,12 @@ def test_tensor_at_a_misaligned_offset_reads_exactly(tmp_path):
     import struct
 
     a, b = torch.randn(3).to(torch.bfloat16), torch.randn(5, 7)
-    header = json.dumps({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
-                         "b": {"dtype": "F32", "shape": [5, 7], "data_offsets": [6, 146]}}).encode()
+    header = json.dumps(
+        {
+            "a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
+            "b": {"dtype": "F32", "shape": [5, 7], "data_offsets": [6, 146]},
+        }
+    ).encode()
     header += b" " * (-len(header) % 8)
     data = a.view(torch.uint8).numpy().tobytes() + b.numpy().tobytes()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data)

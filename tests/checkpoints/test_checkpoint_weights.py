@@ -100,22 +100,36 @@ def test_fused_writer_is_what_transformers_5_writes(tmp_path):
     for name in theirs:
         assert torch.equal(theirs[name], mine[name]), name
     assert json.loads((tmp_path / "theirs" / "config.json").read_text()) == json.loads(
-        (tmp_path / "ours" / "config.json").read_text())
+        (tmp_path / "ours" / "config.json").read_text()
+    )
 
 
 # Mixtral and Qwen2-MoE come by data (their checkpoint.EXPERT_LAYOUTS entries): their 4.x per-expert save and the
 # fused one, into either line's model.
 OTHER_MOES = {
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 24},
-    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
-                  "shared_expert_intermediate_size": 12, "intermediate_size": 24},
+    "qwen2_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 8,
+        "shared_expert_intermediate_size": 12,
+        "intermediate_size": 24,
+    },
 }
 
 
 def other_moe(model_type: str):
-    config = AutoConfig.for_model(model_type, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                  num_key_value_heads=1, head_dim=8, vocab_size=40, initializer_range=0.1,
-                                  **OTHER_MOES[model_type])
+    config = AutoConfig.for_model(
+        model_type,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        vocab_size=40,
+        initializer_range=0.1,
+        **OTHER_MOES[model_type],
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
@@ -175,15 +189,17 @@ def test_check_refuses_an_unexpected_tensor(checkpoints, tmp_path):
         t["model.layers.0.mlp.experts.128.down_proj.weight"] = t["model.layers.0.mlp.experts.0.down_proj.weight"]
 
     assert "1 unexpected tensor (model.layers.0.mlp.experts.128.down_proj.weight)" in refusal(
-        edited(checkpoints, tmp_path, add))
+        edited(checkpoints, tmp_path, add)
+    )
 
 
 def test_check_refuses_a_wrong_shape(checkpoints, tmp_path):
     def cut(t):
         t["model.layers.0.self_attn.o_proj.weight"] = t["model.layers.0.self_attn.o_proj.weight"][:, :16]
 
-    assert ("1 shape mismatch (model.layers.0.self_attn.o_proj.weight is 32x16 in the checkpoint, 32x32 in the "
-            "model)") in refusal(edited(checkpoints, tmp_path, cut))
+    assert (
+        "1 shape mismatch (model.layers.0.self_attn.o_proj.weight is 32x16 in the checkpoint, 32x32 in the model)"
+    ) in refusal(edited(checkpoints, tmp_path, cut))
 
 
 def test_check_refuses_one_expert_of_another_shape(checkpoints, tmp_path):
@@ -207,6 +223,9 @@ def test_check_refuses_a_fused_tensor_with_other_experts(tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"))
     model.config.save_pretrained(tmp_path)
     weights = HFWeights(SafetensorsCheckpoint(str(tmp_path)), meta_model(model.config))
-    with pytest.raises(UserError, match=r"1 shape mismatch \(model.layers.1.mlp.experts.down_proj is 7x32x16 in the "
-                                        r"checkpoint, 6x32x16 in the model\)"):
+    with pytest.raises(
+        UserError,
+        match=r"1 shape mismatch \(model.layers.1.mlp.experts.down_proj is 7x32x16 in the "
+        r"checkpoint, 6x32x16 in the model\)",
+    ):
         weights.check()

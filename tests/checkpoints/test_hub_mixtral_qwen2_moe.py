@@ -65,9 +65,28 @@ def test_mixtral_hub_checkpoint_exports_and_verifies(hub, tmp_path):
     """The user's path: optimum-cli on the Hub layout (bf16 block_sparse_moe experts into the installed line's
     model), the built-in verification against transformers passing."""
     cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
-    proc = subprocess.run([cli, "export", "qaic", "--model", hub["mixtral"], "--prefill-seq-len", "8", "--ctx-len", "64",
-                           "--num-cores", "3", "--moe-prefill-packed-chunk-size", "5", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [
+            cli,
+            "export",
+            "qaic",
+            "--model",
+            hub["mixtral"],
+            "--prefill-seq-len",
+            "8",
+            "--ctx-len",
+            "64",
+            "--num-cores",
+            "3",
+            "--moe-prefill-packed-chunk-size",
+            "5",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.startswith("[qaic] verify: prompt of")]) == 1
     assert read_json(tmp_path / "out" / "qaic_config.json")["model_type"] == "mixtral"

@@ -11,12 +11,36 @@ import sys
 import pytest
 from conftest import optimum_cli
 
-OPTIONS = ["--model", "--task", "--batch-size", "--prefill-seq-len", "--ctx-len", "--num-cores",
-           "--moe-prefill-packed-chunk-size", "--moe-prefill-dispatch", "--prefill-only", "--decode-only",
-           "--enable-chunking", "--mxfp6-matmul", "--mxint8-kv-cache", "--mos", "--aic-enable-depth-first",
-           "--num-devices", "--aic-hw-version", "--compile", "--compiler", "--opset", "--no-verify",
-           "--trust-remote-code", "--cache-dir", "--revision", "--token", "--subfolder", "--local-files-only",
-           "--compile-backend"]
+OPTIONS = [
+    "--model",
+    "--task",
+    "--batch-size",
+    "--prefill-seq-len",
+    "--ctx-len",
+    "--num-cores",
+    "--moe-prefill-packed-chunk-size",
+    "--moe-prefill-dispatch",
+    "--prefill-only",
+    "--decode-only",
+    "--enable-chunking",
+    "--mxfp6-matmul",
+    "--mxint8-kv-cache",
+    "--mos",
+    "--aic-enable-depth-first",
+    "--num-devices",
+    "--aic-hw-version",
+    "--compile",
+    "--compiler",
+    "--opset",
+    "--no-verify",
+    "--trust-remote-code",
+    "--cache-dir",
+    "--revision",
+    "--token",
+    "--subfolder",
+    "--local-files-only",
+    "--compile-backend",
+]
 GROUPS = ["Model:", "Shapes:", "MoE dispatch:", "Compile:", "ONNX:", "Verification:"]
 README = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "README.md")
 
@@ -62,20 +86,24 @@ def test_readme_option_table_is_generated_from_the_settings():
 
 def test_cli_registration_imports_no_heavy_module():
     # What optimum-cli imports for every command: our register file and the command module.
-    code = ("import sys, optimum.commands.register.register_qaic, optimum_qaic_moe.plugins, "
-            "optimum_qaic_moe.settings; "
-            "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, optimum.commands.register.register_qaic, optimum_qaic_moe.plugins, "
+        "optimum_qaic_moe.settings; "
+        "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_help_runs_without_heavy_imports():
     """The real `optimum-cli export qaic --help` code path, in-process, then the list of what it imported."""
-    code = ("import sys\nfrom optimum.commands.optimum_cli import main\n"
-            "sys.argv = ['optimum-cli', 'export', 'qaic', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules), "
-            "file=sys.stderr)")
+    code = (
+        "import sys\nfrom optimum.commands.optimum_cli import main\n"
+        "sys.argv = ['optimum-cli', 'export', 'qaic', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules), "
+        "file=sys.stderr)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "--num-cores" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "[]"
@@ -91,24 +119,40 @@ def _assert_one_line_error(proc, *needles):
         assert needle in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--num-cores", "0"], ["--num-cores", "positive"]),
-    (["--num-cores", "-3"], ["--num-cores", "positive"]),
-    (["--moe-prefill-packed-chunk-size", "0"], ["--moe-prefill-packed-chunk-size", "positive"]),
-    (["--prefill-only", "--decode-only"], ["--prefill-only", "--decode-only"]),
-    (["--prefill-seq-len", "128", "--ctx-len", "64"], ["--prefill-seq-len", "--ctx-len"]),
-    (["--prefill-seq-len", "16", "--ctx-len", "64,8"], ["--prefill-seq-len 16", "--ctx-len 8"]),
-    (["--prefill-seq-len", "100000", "--ctx-len", "100000"], ["attention scores per prefill call", "16 GiB",
-                                                              "lower --prefill-seq-len"]),
-    (["--prefill-seq-len", "4096", "--ctx-len", "8192", "--moe-prefill-packed-chunk-size", "1", "--num-cores", "1"],
-     ["would unroll", "--moe-prefill-packed-chunk-size", "grouped"]),
-    (["--task", "fill-mask"], ["--task", "fill-mask", "text-generation-with-past"]),
-    (["--num-cores", "four"], ["--num-cores", "invalid int value: 'four'"]),
-    (["--num-corse", "4"], ["unrecognized arguments: --num-corse", "did you mean --num-cores?"]),
-    (["--moe-prefill-dispatch", "sorted"], ["--moe-prefill-dispatch", "blocked", "loop"]),
-    (["--compile-backend", "nope"], ["--compile-backend nope is not registered", "qaic-compile"]),
-    (["--opset", "12"], ["--opset 12", "between 14 and 23"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--num-cores", "0"], ["--num-cores", "positive"]),
+        (["--num-cores", "-3"], ["--num-cores", "positive"]),
+        (["--moe-prefill-packed-chunk-size", "0"], ["--moe-prefill-packed-chunk-size", "positive"]),
+        (["--prefill-only", "--decode-only"], ["--prefill-only", "--decode-only"]),
+        (["--prefill-seq-len", "128", "--ctx-len", "64"], ["--prefill-seq-len", "--ctx-len"]),
+        (["--prefill-seq-len", "16", "--ctx-len", "64,8"], ["--prefill-seq-len 16", "--ctx-len 8"]),
+        (
+            ["--prefill-seq-len", "100000", "--ctx-len", "100000"],
+            ["attention scores per prefill call", "16 GiB", "lower --prefill-seq-len"],
+        ),
+        (
+            [
+                "--prefill-seq-len",
+                "4096",
+                "--ctx-len",
+                "8192",
+                "--moe-prefill-packed-chunk-size",
+                "1",
+                "--num-cores",
+                "1",
+            ],
+            ["would unroll", "--moe-prefill-packed-chunk-size", "grouped"],
+        ),
+        (["--task", "fill-mask"], ["--task", "fill-mask", "text-generation-with-past"]),
+        (["--num-cores", "four"], ["--num-cores", "invalid int value: 'four'"]),
+        (["--num-corse", "4"], ["unrecognized arguments: --num-corse", "did you mean --num-cores?"]),
+        (["--moe-prefill-dispatch", "sorted"], ["--moe-prefill-dispatch", "blocked", "loop"]),
+        (["--compile-backend", "nope"], ["--compile-backend nope is not registered", "qaic-compile"]),
+        (["--opset", "12"], ["--opset 12", "between 14 and 23"]),
+    ],
+)
 def test_bad_options_fail_with_one_line(tmp_path, tiny_dirs, args, needles):
     out = tmp_path / "out"
     proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], *args, out)
@@ -136,16 +180,19 @@ def _broken_config(tiny_dirs, tmp_path, edit):
     return model
 
 
-@pytest.mark.parametrize("edit, needles", [
-    (lambda c: '{"model_type": "qwen3_moe",', ["config.json is not valid JSON", "line 1 column"]),
-    (lambda c: json.dumps([c]), ["config.json holds a JSON list, not an object"]),
-    (lambda c: json.dumps({**c, "model_type": 5}), ["model_type must be a string", "got 5"]),
-    (lambda c: json.dumps({**c, "model_type": ["qwen3_moe"]}), ["model_type must be a string"]),
-    (lambda c: json.dumps({**c, "num_experts_per_tok": 9}), ["num_experts_per_tok is 9", "6 experts"]),
-    (lambda c: json.dumps({**c, "hidden_size": -32}), ["hidden_size must be a positive integer, got -32"]),
-    (lambda c: json.dumps({**c, "num_hidden_layers": 0}), ["num_hidden_layers must be a positive integer"]),
-    (lambda c: json.dumps({**c, "num_key_value_heads": 3}), ["not a multiple of num_key_value_heads 3"]),
-])
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (lambda c: '{"model_type": "qwen3_moe",', ["config.json is not valid JSON", "line 1 column"]),
+        (lambda c: json.dumps([c]), ["config.json holds a JSON list, not an object"]),
+        (lambda c: json.dumps({**c, "model_type": 5}), ["model_type must be a string", "got 5"]),
+        (lambda c: json.dumps({**c, "model_type": ["qwen3_moe"]}), ["model_type must be a string"]),
+        (lambda c: json.dumps({**c, "num_experts_per_tok": 9}), ["num_experts_per_tok is 9", "6 experts"]),
+        (lambda c: json.dumps({**c, "hidden_size": -32}), ["hidden_size must be a positive integer, got -32"]),
+        (lambda c: json.dumps({**c, "num_hidden_layers": 0}), ["num_hidden_layers must be a positive integer"]),
+        (lambda c: json.dumps({**c, "num_key_value_heads": 3}), ["not a multiple of num_key_value_heads 3"]),
+    ],
+)
 def test_damaged_config_is_one_line(tmp_path, tiny_dirs, edit, needles):
     model = _broken_config(tiny_dirs, tmp_path, edit)
     out = tmp_path / "out"
@@ -211,8 +258,10 @@ def test_unsupported_model_type(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("optimum.exporters.onnx") is None,
-                    reason="optimum-onnx is not installed (CI installs it on the transformers 4.57 line)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("optimum.exporters.onnx") is None,
+    reason="optimum-onnx is not installed (CI installs it on the transformers 4.57 line)",
+)
 def test_onnx_export_keeps_working_beside_qaic(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -54,8 +54,21 @@ def test_cli_exports_a_hub_id_from_the_cache(hub_cache, tmp_path):
 @pytest.mark.parametrize("revision", ["v2", V2])
 def test_cli_revision_branch_or_commit_and_subfolder(hub_cache, tmp_path, revision):
     out = tmp_path / "out"
-    proc = optimum_cli("export", "qaic", "--model", REPO, "--revision", revision, "--subfolder", "gpt", *SHAPES,
-                       "--decode-only", "--no-verify", out, env=_offline(hub_cache))
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        REPO,
+        "--revision",
+        revision,
+        "--subfolder",
+        "gpt",
+        *SHAPES,
+        "--decode-only",
+        "--no-verify",
+        out,
+        env=_offline(hub_cache),
+    )
     assert proc.returncode == 0, proc.stderr
     meta = read_json(out / "qaic_config.json")
     assert meta["model_type"] == "gpt_oss"
@@ -66,8 +79,13 @@ def test_cli_revision_branch_or_commit_and_subfolder(hub_cache, tmp_path, revisi
 def test_cli_hub_errors_are_one_line(hub_cache, tmp_path):
     env = _offline(hub_cache)
     proc = optimum_cli("export", "qaic", "--model", "org/missing", tmp_path / "out", env=env)
-    _one_line_error(proc, "org/missing is not a local directory and not in the Hugging Face cache", hub_cache,
-                    "HF_HUB_OFFLINE is set", "hf download org/missing")
+    _one_line_error(
+        proc,
+        "org/missing is not a local directory and not in the Hugging Face cache",
+        hub_cache,
+        "HF_HUB_OFFLINE is set",
+        "hf download org/missing",
+    )
     proc = optimum_cli("export", "qaic", "--model", REPO, "--revision", "v3", tmp_path / "out", env=env)
     _one_line_error(proc, "org/tiny-moe (revision v3) is not a local directory and not in the Hugging Face cache")
     proc = optimum_cli("export", "qaic", "--model", REPO, "--revision", "v2", tmp_path / "out", env=env)
@@ -82,13 +100,22 @@ def test_python_export_of_a_hub_id_matches_transformers_on_the_same_cache(hub_ca
     """cache_dir and local_files_only as transformers takes them; transformers itself resolves the same id from the
     same cache for the reference."""
     options = {"cache_dir": hub_cache, "local_files_only": True}
-    qaic = QAICModelForCausalLM.from_pretrained(REPO, export=True, prefill_seq_len=4, ctx_len=32, num_cores=3,
-                                                moe_prefill_packed_chunk_size=3, verify=False, **options)
+    qaic = QAICModelForCausalLM.from_pretrained(
+        REPO,
+        export=True,
+        prefill_seq_len=4,
+        ctx_len=32,
+        num_cores=3,
+        moe_prefill_packed_chunk_size=3,
+        verify=False,
+        **options,
+    )
     hf = AutoModelForCausalLM.from_pretrained(REPO, dtype=torch.float32, **options).eval()
     tok = AutoTokenizer.from_pretrained(REPO, **options)
     enc = tok("the cat is on the red house and", return_tensors="pt")
-    assert torch.equal(qaic.generate(**enc, max_new_tokens=12, do_sample=False),
-                       hf.generate(**enc, max_new_tokens=12, do_sample=False))
+    assert torch.equal(
+        qaic.generate(**enc, max_new_tokens=12, do_sample=False), hf.generate(**enc, max_new_tokens=12, do_sample=False)
+    )
     with pytest.raises(UserError, match="org/missing is not a local directory .* local_files_only is set"):
         QAICModelForCausalLM.from_pretrained("org/missing", export=True, **options)
 
@@ -97,8 +124,9 @@ def test_python_export_of_a_hub_id_matches_transformers_on_the_same_cache(hub_ca
 def test_an_export_on_the_hub_loads_by_id(exports, tmp_path):
     """What push_to_hub uploads, as a download leaves it in the cache, loads with from_pretrained(repo id)."""
     out, _ = exports["qwen3_moe"]
-    files = {os.path.relpath(os.path.join(d, f), out): os.path.join(d, f) for d, _, names in os.walk(out)
-             for f in names}
+    files = {
+        os.path.relpath(os.path.join(d, f), out): os.path.join(d, f) for d, _, names in os.walk(out) for f in names
+    }
     cache = str(tmp_path / "cache")
     write_hub_cache(cache, "org/tiny-qaic", files, MAIN, refs=("main",))
     qaic = QAICModelForCausalLM.from_pretrained("org/tiny-qaic", cache_dir=cache, local_files_only=True)
@@ -106,4 +134,5 @@ def test_an_export_on_the_hub_loads_by_id(exports, tmp_path):
     ids = torch.tensor([[5, 9, 17, 30]])
     torch.testing.assert_close(qaic(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
     assert read_json(os.path.join(qaic.export_dir, "qaic_config.json")) == read_json(
-        os.path.join(out, "qaic_config.json"))
+        os.path.join(out, "qaic_config.json")
+    )

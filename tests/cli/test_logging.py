@@ -20,8 +20,12 @@ def _run_on_terminal(args, env):
     """Run optimum-cli with stderr on a pseudo-terminal (tqdm draws bars only on a terminal); return its output."""
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 rows, 120 columns
-    proc = subprocess.Popen([os.path.join(BIN, "optimum-cli"), *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=child, env=dict(os.environ, **env))
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "optimum-cli"), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=child,
+        env=dict(os.environ, **env),
+    )
     os.close(child)
     chunks = []
     while True:
@@ -40,8 +44,15 @@ def _run_on_terminal(args, env):
 
 @pytest.mark.slow
 def test_cli_verbosity_error_prints_nothing(tmp_path, tiny_dirs):
-    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], *FAST, tmp_path / "out",
-                       env={"TRANSFORMERS_VERBOSITY": "error"})
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["qwen3_moe"],
+        *FAST,
+        tmp_path / "out",
+        env={"TRANSFORMERS_VERBOSITY": "error"},
+    )
     assert proc.returncode == 0
     assert proc.stderr == ""
     assert (tmp_path / "out" / "decode.onnx").is_file()
@@ -52,8 +63,10 @@ def test_cli_progress_bars_on_a_terminal_follow_the_verbosity(tmp_path, tiny_dir
     shown = _run_on_terminal(["export", "qaic", "--model", tiny_dirs["qwen3_moe"], *FAST, tmp_path / "a"], {})
     assert "[qaic] trace the decode graph" in shown
     assert "decode: " in shown and "/2 [" in shown  # the tqdm bar: the top-level graph, then one layer per kind
-    silent = _run_on_terminal(["export", "qaic", "--model", tiny_dirs["qwen3_moe"], *FAST, tmp_path / "b"],
-                              {"TRANSFORMERS_VERBOSITY": "error"})
+    silent = _run_on_terminal(
+        ["export", "qaic", "--model", tiny_dirs["qwen3_moe"], *FAST, tmp_path / "b"],
+        {"TRANSFORMERS_VERBOSITY": "error"},
+    )
     assert silent.strip() == ""
 
 

@@ -52,6 +52,7 @@ def registering(*things):
     def register_architectures(register):
         for thing in things:
             register(thing)
+
     return register_architectures
 
 
@@ -68,16 +69,24 @@ def test_in_process_plugin_registers_beside_the_builtins():
     def register_compile_backends(register):
         register(DemoBackend())
 
-    demo = plugin("demo", register_architectures=registering(DemoArchitecture()),
-                  register_compile_backends=register_compile_backends)
+    demo = plugin(
+        "demo",
+        register_architectures=registering(DemoArchitecture()),
+        register_compile_backends=register_compile_backends,
+    )
     with plugins.extra_plugins(demo):
         assert {"demo_moe", "mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss"} <= set(plugins.get_architectures())
         assert set(plugins.get_compile_backends()) == {"qaic-compile", "demo-compile"}
         assert "demo_moe" in tiny_configs()  # the tests' architecture list comes from the registry
         listed = {p["name"]: p for p in plugins.list_plugins()}
-    assert listed["demo"] == {"name": "demo", "distribution": None, "version": None,
-                              "hooks": ["register_architectures", "register_compile_backends"],
-                              "architectures": ["demo_moe"], "compile_backends": ["demo-compile"]}
+    assert listed["demo"] == {
+        "name": "demo",
+        "distribution": None,
+        "version": None,
+        "hooks": ["register_architectures", "register_compile_backends"],
+        "architectures": ["demo_moe"],
+        "compile_backends": ["demo-compile"],
+    }
     mixtral = listed["optimum_qaic_moe.architectures.mixtral"]
     assert mixtral["distribution"] == "optimum-qaic-moe" and mixtral["architectures"] == ["mixtral"]
     assert "demo_moe" not in plugins.get_architectures()  # gone after the block
@@ -117,8 +126,10 @@ def test_hook_argument_the_spec_lacks():
 def test_two_plugins_registering_one_model_type():
     message = error_of(plugin("copycat", register_architectures=registering(MixtralArchitecture())))
     version = metadata.version("optimum-qaic-moe")
-    assert message == (f"plugin 'optimum_qaic_moe.architectures.mixtral' (optimum-qaic-moe {version}) and plugin "
-                       "'copycat' both register the architecture 'mixtral': uninstall one of them")
+    assert message == (
+        f"plugin 'optimum_qaic_moe.architectures.mixtral' (optimum-qaic-moe {version}) and plugin "
+        "'copycat' both register the architecture 'mixtral': uninstall one of them"
+    )
 
 
 def test_registered_objects_that_do_not_fit():
@@ -153,8 +164,10 @@ def test_plugin_that_fails_to_import_names_its_distribution(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError) as err:
         plugins.new_plugin_manager()
-    assert str(err.value).startswith("plugin 'broken' (qaic-broken 0.3) failed to import (qaic_broken): "
-                                     "ModuleNotFoundError: No module named 'a_module_that_is_not_installed'; ")
+    assert str(err.value).startswith(
+        "plugin 'broken' (qaic-broken 0.3) failed to import (qaic_broken): "
+        "ModuleNotFoundError: No module named 'a_module_that_is_not_installed'; "
+    )
     monkeypatch.setenv(plugins.DISABLE_ENV, "1")
     assert "broken" not in dict(plugins.new_plugin_manager().list_name_plugin())
 
@@ -163,9 +176,17 @@ def _backend_calls(path: str) -> set:
     """Attribute names used on a compile backend (``backend.x`` / ``resolved.backend.x``) in one source file."""
     with open(path) as f:
         tree = ast.parse(f.read())
-    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and (
-        isinstance(node.value, ast.Name) and node.value.id == "backend"
-        or isinstance(node.value, ast.Attribute) and node.value.attr == "backend")}
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and (
+            isinstance(node.value, ast.Name)
+            and node.value.id == "backend"
+            or isinstance(node.value, ast.Attribute)
+            and node.value.attr == "backend"
+        )
+    }
 
 
 def test_compile_backend_protocol_is_what_the_compile_step_calls():
@@ -178,8 +199,10 @@ def test_compile_backend_protocol_is_what_the_compile_step_calls():
 
 
 def test_hookspecs_and_plugins_import_no_heavy_module():
-    code = ("import sys, optimum_qaic_moe.hookspecs, optimum_qaic_moe.plugins; "
-            "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, optimum_qaic_moe.hookspecs, optimum_qaic_moe.plugins; "
+        "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert plugins.HOOKS == ("register_architectures", "register_compile_backends")

@@ -66,8 +66,22 @@ def plugin_path(tmp_path_factory):
     (src / "setup.py").write_text(PLUGIN_SETUP)
     (src / "qaic_demo_plugin.py").write_text(textwrap.dedent(PLUGIN_MODULE))
     target = tmp_path_factory.mktemp("plugin_site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(src)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return str(target)
 
 
@@ -85,8 +99,9 @@ def test_export_configs_reach_optimum_tasks_manager():
 
     plugins.get_export_configs()
     for model_type in ("qwen3_moe", "gpt_oss", "mixtral", "qwen2_moe"):
-        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="qaic",
-                                                                library_name="transformers")
+        tasks = TasksManager.get_supported_tasks_for_model_type(
+            model_type, exporter="qaic", library_name="transformers"
+        )
         assert "text-generation-with-past" in tasks
 
 
@@ -116,9 +131,26 @@ def test_third_party_plugin_hook_is_called_by_the_cli(tmp_path, plugin_path):
 def test_cli_compiles_with_a_backend_registered_by_a_plugin(tmp_path, tiny_dirs, plugin_path):
     env = _env(plugin_path)
     out = tmp_path / "out"
-    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], "--prefill-seq-len", 4, "--ctx-len", 16,
-                       "--num-cores", 2, "--decode-only", "--no-verify", "--compile", "always",
-                       "--compile-backend", "demo-backend", out, env=env)
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["qwen3_moe"],
+        "--prefill-seq-len",
+        4,
+        "--ctx-len",
+        16,
+        "--num-cores",
+        2,
+        "--decode-only",
+        "--no-verify",
+        "--compile",
+        "always",
+        "--compile-backend",
+        "demo-backend",
+        out,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (out / "decode" / "demo-compiled.txt").read_text() == "-c pass"
     assert "[qaic] demo-backend compiled decode" in proc.stderr
@@ -131,10 +163,20 @@ def test_list_plugins_shows_each_plugin_with_its_distribution(plugin_path):
     assert proc.returncode == 0, proc.stderr
     listed = json.loads(proc.stdout)
     assert [p["name"] for p in listed] == [*plugins.builtin_plugins(), "demo"]  # built-ins first
-    assert listed[-1] == {"name": "demo", "distribution": "qaic-demo-plugin", "version": "0.1",
-                          "hooks": ["register_architectures", "register_compile_backends"],
-                          "architectures": ["demo_moe"], "compile_backends": ["demo-backend"]}
+    assert listed[-1] == {
+        "name": "demo",
+        "distribution": "qaic-demo-plugin",
+        "version": "0.1",
+        "hooks": ["register_architectures", "register_compile_backends"],
+        "architectures": ["demo_moe"],
+        "compile_backends": ["demo-backend"],
+    }
     assert {p["distribution"] for p in listed[:-1]} == {"optimum-qaic-moe"}
     assert sorted(a for p in listed for a in p.get("architectures", [])) == [
-        "demo_moe", "gpt_oss", "mixtral", "qwen2_moe", "qwen3_moe"]
+        "demo_moe",
+        "gpt_oss",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+    ]
     assert [b for p in listed for b in p.get("compile_backends", [])] == ["qaic-compile", "demo-backend"]

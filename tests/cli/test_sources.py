@@ -66,8 +66,21 @@ def test_hub_snapshot_links_into_blobs_are_read_and_others_are_not(tiny_dirs, tm
 def test_cli_export_does_not_copy_a_link_outside_the_checkpoint(linked_checkpoint, tmp_path):
     model, secret = linked_checkpoint
     out = tmp_path / "out"
-    proc = optimum_cli("export", "qaic", "--model", model, "--prefill-seq-len", 4, "--ctx-len", 16, "--num-cores", 2,
-                       "--decode-only", "--no-verify", out)
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        model,
+        "--prefill-seq-len",
+        4,
+        "--ctx-len",
+        16,
+        "--num-cores",
+        2,
+        "--decode-only",
+        "--no-verify",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"not copying chat_template.jinja from {model}: it links to {secret}" in proc.stderr
     assert (out / "tokenizer.json").is_file()

@@ -9,12 +9,12 @@ import shutil
 import stat
 
 import pytest
-
 from conftest import read_json
+from standins import install_tool
+
 from optimum_qaic_moe import compiler
 from optimum_qaic_moe.compiler.qaic import QAICCompileBackend
 from optimum_qaic_moe.settings import ExportSettings, UserError
-from standins import install_tool
 
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="making files of another user needs root (chown)")
 NOBODY = 65534
@@ -121,9 +121,11 @@ def test_a_planted_entry_in_a_world_writable_cache_is_not_used(setup, tmp_path, 
     lines = compile_export(out, cc)
     assert (out / "prefill" / "qpc" / "programqpc.bin").read_bytes() == b"stand-in qpc"
     assert len(compiled_calls(log)) == 2
-    assert f"[qaic] warning: not using the compile cache: {shared} is writable or readable by other users " \
-           "(mode 777) (make it a private directory of yours, e.g. chmod 700, or set $OPTIMUM_QAIC_MOE_CACHE to " \
-           "one)" in lines
+    assert (
+        f"[qaic] warning: not using the compile cache: {shared} is writable or readable by other users "
+        "(mode 777) (make it a private directory of yours, e.g. chmod 700, or set $OPTIMUM_QAIC_MOE_CACHE to "
+        "one)" in lines
+    )
     assert os.listdir(shared) == [planted.name]  # nothing written there either
 
 
@@ -148,7 +150,7 @@ def test_cache_entries_are_private_and_exports_are_not(setup):
     compile_export(out, cc)
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
     entry = entry_of(out, cc, cache)
-    for top, dirs, files in os.walk(entry):
+    for top, _dirs, files in os.walk(entry):
         assert stat.S_IMODE(os.stat(top).st_mode) == 0o700
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(top, name)).st_mode) == 0o600
@@ -162,12 +164,14 @@ def test_an_entry_of_another_user_is_refused(setup, tmp_path):
     out, cc, cache, _ = setup
     compile_export(out, cc)
     entry = entry_of(out, cc, cache)
-    for top, dirs, files in os.walk(entry):
+    for top, _dirs, files in os.walk(entry):
         for path in [top] + [os.path.join(top, f) for f in files]:
             os.chown(path, NOBODY, NOBODY)
     lines = compile_export(again(out, tmp_path, "second"), cc)
-    assert f"[qaic] compile prefill: not using the cache entry: {entry} belongs to uid {NOBODY}, not to you " \
-           f"(uid {os.geteuid()})" in lines
+    assert (
+        f"[qaic] compile prefill: not using the cache entry: {entry} belongs to uid {NOBODY}, not to you "
+        f"(uid {os.geteuid()})" in lines
+    )
     assert os.stat(entry).st_uid == os.geteuid()  # recompiled and replaced
 
 
@@ -179,8 +183,10 @@ def test_a_cache_root_of_another_user_is_not_used(setup, tmp_path, monkeypatch):
     os.chown(theirs, NOBODY, NOBODY)
     monkeypatch.setenv("OPTIMUM_QAIC_MOE_CACHE", str(theirs))
     lines = compile_export(out, cc)
-    assert any(line.startswith(f"[qaic] warning: not using the compile cache: {theirs} belongs to uid {NOBODY}")
-               for line in lines)
+    assert any(
+        line.startswith(f"[qaic] warning: not using the compile cache: {theirs} belongs to uid {NOBODY}")
+        for line in lines
+    )
     assert os.listdir(theirs) == [] and len(compiled_calls(log)) == 2
 
 
@@ -226,12 +232,19 @@ def test_bad_compiler_options_fail_before_any_export_work(tmp_path, tiny_dirs):
     from optimum_qaic_moe.exporters.main import run_export
 
     for option, message in [
-            ("-aic-num-cores=8", "--compiler-option -aic-num-cores=8 is set by the export itself: use --num-cores"),
-            ("-aic-binary-dir=/x", "--compiler-option -aic-binary-dir=/x is set by the export itself; leave it out"),
-            ("sub-functions", ("--compiler-option 'sub-functions' is not a compiler option: give one option "
-                               "starting with '-', written with '=' (--compiler-option=-sub-functions)"))]:
-        settings = ExportSettings(model=tiny_dirs["gpt_oss"], output=str(tmp_path / "out"), compile="never",
-                                  compiler_options=[option])
+        ("-aic-num-cores=8", "--compiler-option -aic-num-cores=8 is set by the export itself: use --num-cores"),
+        ("-aic-binary-dir=/x", "--compiler-option -aic-binary-dir=/x is set by the export itself; leave it out"),
+        (
+            "sub-functions",
+            (
+                "--compiler-option 'sub-functions' is not a compiler option: give one option "
+                "starting with '-', written with '=' (--compiler-option=-sub-functions)"
+            ),
+        ),
+    ]:
+        settings = ExportSettings(
+            model=tiny_dirs["gpt_oss"], output=str(tmp_path / "out"), compile="never", compiler_options=[option]
+        )
         with pytest.raises(UserError) as raised:
             run_export(settings)
         assert str(raised.value) == message
@@ -243,9 +256,11 @@ def test_a_cache_that_cannot_be_created_is_skipped_with_a_warning(setup, tmp_pat
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("OPTIMUM_QAIC_MOE_CACHE", str(tmp_path / "a-file" / "cache"))  # fails even for root
     lines = compile_export(out, cc)
-    assert f"[qaic] warning: not using the compile cache: {tmp_path}/a-file/cache cannot be created (Not a " \
-           "directory) (make it a private directory of yours, e.g. chmod 700, or set $OPTIMUM_QAIC_MOE_CACHE " \
-           "to one)" in lines
+    assert (
+        f"[qaic] warning: not using the compile cache: {tmp_path}/a-file/cache cannot be created (Not a "
+        "directory) (make it a private directory of yours, e.g. chmod 700, or set $OPTIMUM_QAIC_MOE_CACHE "
+        "to one)" in lines
+    )
     assert (out / "decode" / "qpc" / "programqpc.bin").read_bytes() == b"stand-in qpc"
 
 

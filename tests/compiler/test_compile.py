@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, optimum_cli
 from standins import install_tool
 
@@ -32,8 +31,24 @@ def env(tmp_path):
 
 
 def export(tiny_dirs, out, *extra, env=None):
-    return optimum_cli("export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len", 4, "--ctx-len", 16,
-                       "--num-cores", 3, "--moe-prefill-packed-chunk-size", 3, "--no-verify", *extra, out, env=env)
+    return optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["gpt_oss"],
+        "--prefill-seq-len",
+        4,
+        "--ctx-len",
+        16,
+        "--num-cores",
+        3,
+        "--moe-prefill-packed-chunk-size",
+        3,
+        "--no-verify",
+        *extra,
+        out,
+        env=env,
+    )
 
 
 def test_compile_always_runs_the_exact_command_once_per_graph(tmp_path, tiny_dirs, env):
@@ -41,18 +56,43 @@ def test_compile_always_runs_the_exact_command_once_per_graph(tmp_path, tiny_dir
     out = tmp_path / "out"
     precision = tmp_path / "precision.yaml"
     precision.write_text("FP32NodeInstanceNames:\n  - /norm/Mul\n")
-    options = ("--compiler-option=-sub-functions", f"--compiler-option=-node-precision-info={precision}",
-               "--compiler-option=-user-tiled")
-    proc = export(tiny_dirs, out, "--compile", "always", "--compiler", compiler, "--mxfp6-matmul", "--mos", 2,
-                  "--aic-enable-depth-first", *options, env=env)
+    options = (
+        "--compiler-option=-sub-functions",
+        f"--compiler-option=-node-precision-info={precision}",
+        "--compiler-option=-user-tiled",
+    )
+    proc = export(
+        tiny_dirs,
+        out,
+        "--compile",
+        "always",
+        "--compiler",
+        compiler,
+        "--mxfp6-matmul",
+        "--mos",
+        2,
+        "--aic-enable-depth-first",
+        *options,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     recorded = calls(env["STANDIN_LOG"])
     assert recorded[0]["argv"][1:-1] == [
-        "-aic-hw", "-aic-hw-version=ai100", "-m=prefill.onnx", "-retained-state", "-convert-to-fp16",
-        "-aic-num-cores=3", "-mxfp6-matmul", "-mos=2", "-aic-enable-depth-first", "-sub-functions",
-        f"-node-precision-info={precision}", "-user-tiled",
+        "-aic-hw",
+        "-aic-hw-version=ai100",
+        "-m=prefill.onnx",
+        "-retained-state",
+        "-convert-to-fp16",
+        "-aic-num-cores=3",
+        "-mxfp6-matmul",
+        "-mos=2",
+        "-aic-enable-depth-first",
+        "-sub-functions",
+        f"-node-precision-info={precision}",
+        "-user-tiled",
         "-network-specialization-config=prefill/specializations.json",
-        "-custom-IO-list-file=prefill/custom_io.yaml"]
+        "-custom-IO-list-file=prefill/custom_io.yaml",
+    ]
     assert recorded[0]["argv"][-1].startswith("-aic-binary-dir=")  # compiled in the cache, then copied
     assert recorded[0]["cwd"] == str(out)
     assert [c["argv"][3] for c in recorded] == ["-m=prefill.onnx", "-m=decode.onnx"]
@@ -66,8 +106,20 @@ def test_compile_always_runs_the_exact_command_once_per_graph(tmp_path, tiny_dir
     assert "[qaic]   prefill: stand-in qaic-compile: reading prefill.onnx (1 specialization(s))" in proc.stderr
 
     # An identical second export compiles nothing: the cache answers.
-    proc = export(tiny_dirs, tmp_path / "again", "--compile", "always", "--compiler", compiler, "--mxfp6-matmul",
-                  "--mos", 2, "--aic-enable-depth-first", *options, env=env)
+    proc = export(
+        tiny_dirs,
+        tmp_path / "again",
+        "--compile",
+        "always",
+        "--compiler",
+        compiler,
+        "--mxfp6-matmul",
+        "--mos",
+        2,
+        "--aic-enable-depth-first",
+        *options,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(calls(env["STANDIN_LOG"])) == 2
     assert "cached" in proc.stderr
@@ -98,8 +150,16 @@ def test_auto_without_compiler_writes_compile_sh(tmp_path, tiny_dirs, env):
 
 def test_compiler_failure_carries_its_stderr(tmp_path, tiny_dirs, env):
     compiler = make_stand_in(tmp_path)
-    proc = export(tiny_dirs, tmp_path / "out", "--compile", "always", "--compiler", compiler, "--prefill-only",
-                  env=dict(env, STANDIN_FAIL="1"))
+    proc = export(
+        tiny_dirs,
+        tmp_path / "out",
+        "--compile",
+        "always",
+        "--compiler",
+        compiler,
+        "--prefill-only",
+        env=dict(env, STANDIN_FAIL="1"),
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "qaic-compile failed for the prefill graph (exit 3)" in last
@@ -117,8 +177,14 @@ def test_legacy_qaic_exec_gets_compile_only(tmp_path, tiny_dirs, env):
 
 def test_compile_never_skips_the_compiler(tmp_path, tiny_dirs, env):
     make_stand_in(tmp_path)
-    proc = export(tiny_dirs, tmp_path / "out", "--compile", "never", "--decode-only",
-                  env=dict(env, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin"))
+    proc = export(
+        tiny_dirs,
+        tmp_path / "out",
+        "--compile",
+        "never",
+        "--decode-only",
+        env=dict(env, PATH=f"{tmp_path / 'bin'}:/usr/bin:/bin"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert calls(env["STANDIN_LOG"]) == []
     assert "not compiled (--compile never)" in proc.stderr
@@ -137,11 +203,29 @@ def test_compiler_output_streams_while_it_runs(tmp_path, tiny_dirs, env):
     """The stand-in prints a line, then blocks until we answer: we can only answer if the line reached us
     while the compiler was still running."""
     go = tmp_path / "go"
-    argv = [os.path.join(BIN, "optimum-cli"), "export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len",
-            "4", "--ctx-len", "16", "--num-cores", "2", "--no-verify", "--decode-only", "--compile", "always",
-            "--compiler", str(make_stand_in(tmp_path)), str(tmp_path / "out")]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **env, STANDIN_WAIT_FOR=str(go)))
+    argv = [
+        os.path.join(BIN, "optimum-cli"),
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["gpt_oss"],
+        "--prefill-seq-len",
+        "4",
+        "--ctx-len",
+        "16",
+        "--num-cores",
+        "2",
+        "--no-verify",
+        "--decode-only",
+        "--compile",
+        "always",
+        "--compiler",
+        str(make_stand_in(tmp_path)),
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **env, STANDIN_WAIT_FOR=str(go))
+    )
     seen = []
     _run_until(proc, "decode: stand-in qaic-compile: waiting", seen)
     go.touch()
@@ -151,11 +235,28 @@ def test_compiler_output_streams_while_it_runs(tmp_path, tiny_dirs, env):
 
 
 def test_interrupt_during_compile_keeps_the_export_and_leaves_no_work_dir(tmp_path, tiny_dirs, env):
-    argv = [os.path.join(BIN, "optimum-cli"), "export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len",
-            "4", "--ctx-len", "16", "--num-cores", "2", "--no-verify", "--compile", "always",
-            "--compiler", str(make_stand_in(tmp_path)), str(tmp_path / "out")]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **env, STANDIN_WAIT_FOR=str(tmp_path / "never")))
+    argv = [
+        os.path.join(BIN, "optimum-cli"),
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["gpt_oss"],
+        "--prefill-seq-len",
+        "4",
+        "--ctx-len",
+        "16",
+        "--num-cores",
+        "2",
+        "--no-verify",
+        "--compile",
+        "always",
+        "--compiler",
+        str(make_stand_in(tmp_path)),
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **env, STANDIN_WAIT_FOR=str(tmp_path / "never"))
+    )
     seen = []
     _run_until(proc, "prefill: stand-in qaic-compile: waiting", seen)
     proc.send_signal(signal.SIGINT)  # to the CLI only, as `kill -INT` would
@@ -163,8 +264,10 @@ def test_interrupt_during_compile_keeps_the_export_and_leaves_no_work_dir(tmp_pa
     assert proc.wait(timeout=60) == 130
     last = rest.strip().splitlines()[-1]
     out = tmp_path / "out"
-    assert last == (f"error: interrupted while compiling; the export in {out} is complete, but graphs without a "
-                    f"qpc/ are not compiled: run bash {out}/compile.sh")
+    assert last == (
+        f"error: interrupted while compiling; the export in {out} is complete, but graphs without a "
+        f"qpc/ are not compiled: run bash {out}/compile.sh"
+    )
     assert "Traceback" not in rest and "no artifacts were left" not in rest
     assert (out / "qaic_config.json").exists() and (out / "prefill.onnx").exists()
     assert sorted(p.name for p in (out / "prefill").iterdir()) == ["custom_io.yaml", "specializations.json"]

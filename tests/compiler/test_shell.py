@@ -7,14 +7,24 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import optimum_cli
-from optimum_qaic_moe import compiler
-from optimum_qaic_moe.settings import ExportSettings
 from standins import install_tool
 
-HOSTILE = ["$(touch pwned)", "a;b", "`touch pwned`", "with space", "it's \"quoted\"", "ends in newline\n",
-           "tab\there", "back\\slash", "-dash", "x\n$(touch pwned)"]
+from optimum_qaic_moe import compiler
+from optimum_qaic_moe.settings import ExportSettings
+
+HOSTILE = [
+    "$(touch pwned)",
+    "a;b",
+    "`touch pwned`",
+    "with space",
+    'it\'s "quoted"',
+    "ends in newline\n",
+    "tab\there",
+    "back\\slash",
+    "-dash",
+    "x\n$(touch pwned)",
+]
 HINT = "to compile later run: "
 
 
@@ -54,10 +64,26 @@ def test_hint_and_compile_sh_under_hostile_output_names(tmp_path, exports, monke
 def test_cli_hint_is_quoted(tmp_path, tiny_dirs):
     name = "x $(touch pwned);`touch pwned` 'q\"\n"
     out = tmp_path / name
-    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len", 4, "--ctx-len", 16,
-                       "--num-cores", 2, "--no-verify", "--decode-only", "--compile", "never",
-                       "--compiler", install_tool(tmp_path / "bin"), out,
-                       env={"OPTIMUM_QAIC_MOE_CACHE": str(tmp_path / "cache")})
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["gpt_oss"],
+        "--prefill-seq-len",
+        4,
+        "--ctx-len",
+        16,
+        "--num-cores",
+        2,
+        "--no-verify",
+        "--decode-only",
+        "--compile",
+        "never",
+        "--compiler",
+        install_tool(tmp_path / "bin"),
+        out,
+        env={"OPTIMUM_QAIC_MOE_CACHE": str(tmp_path / "cache")},
+    )
     assert proc.returncode == 0, proc.stderr
     command = hint_command(proc.stderr.splitlines())
     assert command == "bash $'" + str(tmp_path) + "/x $(touch pwned);`touch pwned` \\'q\"\\x0a/compile.sh'"

@@ -11,9 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
-
 from conftest import ARCHS, optimum_cli, read_json
+from transformers import AutoModelForCausalLM
 
 QAIC_DOMAIN = "com.qualcomm.cloud"
 PREFILL, CTXS = 8, (32, 64)  # the shared export serves both context lengths with one graph
@@ -29,8 +28,16 @@ def exported(request, exports, tiny_dirs):
 
 def test_layout_and_side_files(exported):
     arch, out, proc, hf = exported
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "qaic_config.json", "compile.sh",
-                 "prefill.onnx", "decode.onnx", "weights.data"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "qaic_config.json",
+        "compile.sh",
+        "prefill.onnx",
+        "decode.onnx",
+        "weights.data",
+    ):
         assert os.path.isfile(os.path.join(out, name)), name
     meta = read_json(os.path.join(out, "qaic_config.json"))
     assert meta["model_type"] == arch
@@ -76,7 +83,8 @@ def test_graph_passes_checker_and_keeps_custom_ops(exported, graph):
     assert not {"Sin", "Cos"} & {n.op_type for n in every}  # RoPE from tables, not angles computed in fp16
     # weights live once, in weights.data, for both graphs
     assert {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"} == {
-        "weights.data"}
+        "weights.data"
+    }
     ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
@@ -115,15 +123,20 @@ def test_no_float_constant_outside_fp16_range(exported):
 
 
 def _sessions(out):
-    return {g: ort.InferenceSession(os.path.join(out, f"{g}.onnx"), providers=["CPUExecutionProvider"])
-            for g in ("prefill", "decode")}
+    return {
+        g: ort.InferenceSession(os.path.join(out, f"{g}.onnx"), providers=["CPUExecutionProvider"])
+        for g in ("prefill", "decode")
+    }
 
 
 def _empty_cache(session, ctx=CTX, window=8):
     """Zero caches for one context length: the graph's symbolic dims bound as specializations.json binds them."""
     bind = {"batch_size": 1, "ctx_len": ctx, "sliding_window": min(window, ctx)}
-    return {i.name: np.zeros([bind.get(d, d) for d in i.shape], dtype=np.float32)
-            for i in session.get_inputs() if i.name.startswith("past_")}
+    return {
+        i.name: np.zeros([bind.get(d, d) for d in i.shape], dtype=np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_")
+    }
 
 
 def _run(session, cache, ids, pos):
@@ -138,10 +151,11 @@ def test_one_graph_serves_each_context_length(exported, ctx):
     arch, out, _, hf = exported
     sessions = _sessions(out)
     ids = np.random.default_rng(0).integers(0, hf.config.vocab_size, (1, PREFILL + 3))
-    logits, cache = _run(sessions["prefill"], _empty_cache(sessions["prefill"], ctx), ids[:, :PREFILL],
-                         np.arange(PREFILL)[None])
+    logits, cache = _run(
+        sessions["prefill"], _empty_cache(sessions["prefill"], ctx), ids[:, :PREFILL], np.arange(PREFILL)[None]
+    )
     for t in range(PREFILL, PREFILL + 3):
-        logits, cache = _run(sessions["decode"], cache, ids[:, t:t + 1], np.array([[t]]))
+        logits, cache = _run(sessions["decode"], cache, ids[:, t : t + 1], np.array([[t]]))
     with torch.no_grad():
         ref = hf(torch.from_numpy(ids)).logits[:, -1].numpy()
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
@@ -158,9 +172,9 @@ def test_chunked_prefill_and_greedy_decode_match_transformers(exported):
     for start in range(0, n, PREFILL):
         ids = np.zeros((1, PREFILL), dtype=np.int64)
         pos = np.full((1, PREFILL), -1, dtype=np.int64)
-        chunk = prompt[:, start:start + PREFILL]
-        ids[:, :chunk.shape[1]] = chunk
-        pos[:, :chunk.shape[1]] = np.arange(start, start + chunk.shape[1])
+        chunk = prompt[:, start : start + PREFILL]
+        ids[:, : chunk.shape[1]] = chunk
+        pos[:, : chunk.shape[1]] = np.arange(start, start + chunk.shape[1])
         logits, cache = _run(sessions["prefill"], cache, ids, pos)
     tokens = []
     for step in range(16):
@@ -168,16 +182,36 @@ def test_chunked_prefill_and_greedy_decode_match_transformers(exported):
         tokens.append(int(nxt[0]))
         logits, cache = _run(sessions["decode"], cache, nxt[:, None].astype(np.int64), np.array([[n + step]]))
     with torch.no_grad():
-        ref = hf.generate(torch.from_numpy(prompt), attention_mask=torch.ones_like(torch.from_numpy(prompt)),
-                          max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+        ref = hf.generate(
+            torch.from_numpy(prompt),
+            attention_mask=torch.ones_like(torch.from_numpy(prompt)),
+            max_new_tokens=16,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     assert tokens == ref[0, n:].tolist()
 
 
 @pytest.mark.parametrize("flag, graphs", [("--prefill-only", ["prefill"]), ("--decode-only", ["decode"])])
 def test_single_graph_exports(tmp_path, tiny_dirs, flag, graphs):
     out = tmp_path / "out"
-    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["gpt_oss"], "--prefill-seq-len", 4, "--ctx-len", 32,
-                       "--num-cores", 3, "--moe-prefill-packed-chunk-size", 3, flag, out)
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["gpt_oss"],
+        "--prefill-seq-len",
+        4,
+        "--ctx-len",
+        32,
+        "--num-cores",
+        3,
+        "--moe-prefill-packed-chunk-size",
+        3,
+        flag,
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p for p in os.listdir(out) if os.path.isdir(out / p)) == graphs
     assert sorted(p for p in os.listdir(out) if p.endswith(".onnx")) == [f"{g}.onnx" for g in graphs]
@@ -187,8 +221,22 @@ def test_single_graph_exports(tmp_path, tiny_dirs, flag, graphs):
 
 def test_mxint8_kv_cache_precision(tmp_path, tiny_dirs):
     out = tmp_path / "out"
-    proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], "--prefill-seq-len", 4, "--ctx-len", 16,
-                       "--num-cores", 2, "--decode-only", "--no-verify", "--mxint8-kv-cache", out)
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        tiny_dirs["qwen3_moe"],
+        "--prefill-seq-len",
+        4,
+        "--ctx-len",
+        16,
+        "--num-cores",
+        2,
+        "--decode-only",
+        "--no-verify",
+        "--mxint8-kv-cache",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     custom_io = yaml.safe_load(open(out / "decode" / "custom_io.yaml"))
     assert {entry["Precision"] for entry in custom_io} == {"mxint8"}

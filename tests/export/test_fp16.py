@@ -56,8 +56,16 @@ def earlier_attention(q, k, v, past_k, past_v, position_ids, scaling, sliding_wi
 
 
 def _settings(model, out, **kw):
-    return ExportSettings(model=model, output=str(out), prefill_seq_len=8, ctx_len=64, num_cores=4,
-                          moe_prefill_packed_chunk_size=5, compile="never", **kw)
+    return ExportSettings(
+        model=model,
+        output=str(out),
+        prefill_seq_len=8,
+        ctx_len=64,
+        num_cores=4,
+        moe_prefill_packed_chunk_size=5,
+        compile="never",
+        **kw,
+    )
 
 
 def _fp16_runner(out, settings):
@@ -93,7 +101,9 @@ def test_garbage_in_empty_cache_slots_does_not_reach_valid_rows(exports):
         prompt = np.arange(4, 17)[None]
         clean = runner.prefill(prompt)
         kv = runner.kv
-        kv.start = lambda: setattr(kv, "cache", {n: np.full(s, np.nan, np.float32) for n, s in kv.cache_shapes.items()})
+        kv.start = lambda kv=kv: setattr(
+            kv, "cache", {n: np.full(s, np.nan, np.float32) for n, s in kv.cache_shapes.items()}
+        )
         dirty = runner.prefill(prompt)
         np.testing.assert_array_equal(dirty, clean)
         nxt = clean.argmax(-1)

@@ -44,8 +44,14 @@ def error_line(proc, only=True):
 def project(tmp_path):
     """A user's project folder: files with the names an export writes, and others."""
     root = tmp_path / "project"
-    for rel, text in {"config.json": "{\"mine\": 1}", "tokenizer.json": "my tokenizer", "compile.sh": "echo mine",
-                      "generation_config.json": "{}", "prefill/notes.txt": "notes", "decode/data.csv": "1,2"}.items():
+    for rel, text in {
+        "config.json": '{"mine": 1}',
+        "tokenizer.json": "my tokenizer",
+        "compile.sh": "echo mine",
+        "generation_config.json": "{}",
+        "prefill/notes.txt": "notes",
+        "decode/data.csv": "1,2",
+    }.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     return root
@@ -148,8 +154,9 @@ KILLER = textwrap.dedent("""
 def test_a_kill_at_any_moment_leaves_the_old_or_the_new_export(tmp_path, delay_ms):
     out = fake_export(tmp_path / "out", "old", files=tuple(f"prefill/w{i}.bin" for i in range(200)) + ("config.json",))
     (out / "prefill" / "user.txt").write_text("user")
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(out)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLER, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.stdin.write("go\n")
     proc.stdin.flush()
@@ -212,7 +219,9 @@ def test_output_that_is_a_mount_point(tiny_dirs, tmp_path, mount):
 
 def test_disk_full_and_read_only_are_one_line(tiny_dirs, tmp_path, mount):
     full = mount(tmp_path / "full", "size=256k")
-    line = error_line(optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], *SMALL, full / "out"), only=False)
+    line = error_line(
+        optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], *SMALL, full / "out"), only=False
+    )
     assert "No space left on device" in line
     assert os.listdir(full) == []
     ro = mount(tmp_path / "ro", "ro")

@@ -7,7 +7,11 @@ from optimum_qaic_moe.moe.cost import DEVICES, choose_chunk_size, predict
 from optimum_qaic_moe.moe.dispatch import expert_work
 
 MODELS = {  # E experts, k per token
-    "Qwen3-30B-A3B": (128, 8), "Qwen3-235B-A22B": (128, 8), "gpt-oss-20b": (32, 4), "gpt-oss-120b": (128, 4)}
+    "Qwen3-30B-A3B": (128, 8),
+    "Qwen3-235B-A22B": (128, 8),
+    "gpt-oss-20b": (32, 4),
+    "gpt-oss-120b": (128, 4),
+}
 N = 16
 
 

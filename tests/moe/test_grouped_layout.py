@@ -118,7 +118,7 @@ def transformers_experts(hf_moe, x, topk_idx, topk_w):
         return experts(x, topk_idx, topk_w)
     out = torch.zeros_like(x)
     for t, j in itertools.product(range(x.shape[0]), range(topk_idx.shape[1])):
-        out[t] += topk_w[t, j] * experts[int(topk_idx[t, j])](x[t:t + 1])[0]
+        out[t] += topk_w[t, j] * experts[int(topk_idx[t, j])](x[t : t + 1])[0]
     return out
 
 

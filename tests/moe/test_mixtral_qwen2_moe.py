@@ -9,9 +9,9 @@ import onnx
 import pytest
 import torch
 import transformers
+from conftest import optimum_cli
 from test_model_variants import ARCHS
 
-from conftest import optimum_cli
 from optimum_qaic_moe.moe.block import MoEBlock, MoEDispatchConfig
 from optimum_qaic_moe.testing import tiny_model, write_tiny_checkpoint
 
@@ -19,13 +19,17 @@ TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 QWEN2_SLIDING = {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 2}
 
 
-@pytest.mark.parametrize("arch, overrides, lengths", [
-    ("mixtral", {}, [32, 32]),
-    ("mixtral", {"sliding_window": 3}, [3, 3]),
-    ("qwen2_moe", {}, [32, 32]),
-    ("qwen2_moe", {"sliding_window": 32768, "use_sliding_window": False}, [32, 32]),  # Qwen1.5-MoE's config.json
-    ("qwen2_moe", QWEN2_SLIDING, [3, 32] if TRANSFORMERS_5 else [3, 3]),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "arch, overrides, lengths",
+    [
+        ("mixtral", {}, [32, 32]),
+        ("mixtral", {"sliding_window": 3}, [3, 3]),
+        ("qwen2_moe", {}, [32, 32]),
+        ("qwen2_moe", {"sliding_window": 32768, "use_sliding_window": False}, [32, 32]),  # Qwen1.5-MoE's config.json
+        ("qwen2_moe", QWEN2_SLIDING, [3, 32] if TRANSFORMERS_5 else [3, 3]),
+    ],
+    ids=lambda v: str(v),
+)
 def test_cache_lengths_follow_the_installed_transformers(arch, overrides, lengths):
     """Which layers keep a ring cache (of the window's length) is what transformers windows on this line."""
     assert ARCHS[arch].cache_lengths(tiny_model(arch, **overrides), 32) == lengths
@@ -53,8 +57,21 @@ def test_every_kind_of_layer_exports_through_the_cli(tmp_path):
     the CLI's built-in verification against transformers passes."""
     overrides = dict(QWEN2_SLIDING, num_hidden_layers=3, max_window_layers=3, mlp_only_layers=[1])
     model_dir = write_tiny_checkpoint("qwen2_moe", str(tmp_path / "model"), **overrides)
-    proc = optimum_cli("export", "qaic", "--model", model_dir, "--prefill-seq-len", 8, "--ctx-len", 32, "--num-cores",
-                       4, "--prefill-only", tmp_path / "out", check=True)
+    proc = optimum_cli(
+        "export",
+        "qaic",
+        "--model",
+        model_dir,
+        "--prefill-seq-len",
+        8,
+        "--ctx-len",
+        32,
+        "--num-cores",
+        4,
+        "--prefill-only",
+        tmp_path / "out",
+        check=True,
+    )
     assert "[qaic] verify: prompt of" in proc.stderr
     hf = tiny_model("qwen2_moe", **overrides)
     kinds = {ARCHS["qwen2_moe"].layer_kind(hf, i) for i in range(3)}

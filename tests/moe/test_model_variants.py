@@ -38,7 +38,7 @@ def run_chunked(qaic, config, ids, prefill, decode_steps, hf):
     n = ids.shape[1]
     worst = 0.0
     for start in range(0, n, prefill):
-        chunk = ids[:, start:start + prefill]
+        chunk = ids[:, start : start + prefill]
         k = chunk.shape[1]
         x = torch.zeros(1, prefill, dtype=torch.long)
         pos = torch.full((1, prefill), -1)

@@ -91,9 +91,20 @@ def test_loop_and_gathered_eager(block, dispatch):
 # export unrolls every chunk of every slot, so the full eager grid would take many minutes to export; these
 # 14 cases take about half a minute per architecture.
 EXPORT_CASES = [  # (batch, seq, cores, chunk)
-    (1, 1, 1, 1), (2, 1, E + 1, 1), (2, 1, 3, 4),
-    (1, 5, 1, 1), (1, 5, 2, 7), (2, 5, 3, 1), (2, 5, 4, 10), (1, 5, E, 5), (2, 5, E + 1, 20),
-    (1, 64, 4, 7), (2, 64, 3, 128), (1, 64, E, 64), (2, 64, E + 1, 256), (1, 64, 2, 128),
+    (1, 1, 1, 1),
+    (2, 1, E + 1, 1),
+    (2, 1, 3, 4),
+    (1, 5, 1, 1),
+    (1, 5, 2, 7),
+    (2, 5, 3, 1),
+    (2, 5, 4, 10),
+    (1, 5, E, 5),
+    (2, 5, E + 1, 20),
+    (1, 64, 4, 7),
+    (2, 64, 3, 128),
+    (1, 64, E, 64),
+    (2, 64, E + 1, 256),
+    (1, 64, 2, 128),
 ]
 
 
@@ -113,8 +124,16 @@ def test_blocked_exported(block, tmp_path, case):
 # Grouped: one batched MLP whatever the tile count, so the export is quick; each kind of tile size (1, one that
 # does not divide T, T, 2T, auto) and each input shape at least once.
 GROUPED_EXPORT_CASES = [  # (batch, seq, tile rows)
-    (1, 1, 1), (2, 1, "auto"), (1, 5, 1), (2, 5, 3), (1, 5, 7), (2, 5, 20),
-    (1, 64, 7), (2, 64, 33), (1, 64, 64), (2, 64, "auto"),
+    (1, 1, 1),
+    (2, 1, "auto"),
+    (1, 5, 1),
+    (2, 5, 3),
+    (1, 5, 7),
+    (2, 5, 20),
+    (1, 64, 7),
+    (2, 64, 33),
+    (1, 64, 64),
+    (2, 64, "auto"),
 ]
 
 

@@ -26,11 +26,21 @@ class WorkCounter(torch.nn.Module):
         return self.experts(x, experts)
 
 
-@pytest.mark.parametrize("dispatch, cores, chunk, tokens", [
-    ("blocked", 4, 5, 8), ("blocked", 1, 7, 5), ("blocked", 7, 3, 16), ("blocked", 6, 64, 9),
-    ("grouped", 4, 1, 8), ("grouped", 4, 3, 8), ("grouped", 1, 5, 16), ("grouped", 4, 64, 9),
-    ("loop", 4, 5, 8), ("gathered", 4, 5, 3),
-])
+@pytest.mark.parametrize(
+    "dispatch, cores, chunk, tokens",
+    [
+        ("blocked", 4, 5, 8),
+        ("blocked", 1, 7, 5),
+        ("blocked", 7, 3, 16),
+        ("blocked", 6, 64, 9),
+        ("grouped", 4, 1, 8),
+        ("grouped", 4, 3, 8),
+        ("grouped", 1, 5, 16),
+        ("grouped", 4, 64, 9),
+        ("loop", 4, 5, 8),
+        ("gathered", 4, 5, 3),
+    ],
+)
 def test_counter_matches_executed_rows_and_loads(dispatch, cores, chunk, tokens):
     model = tiny_model("qwen3_moe")
     c = model.config
@@ -39,19 +49,24 @@ def test_counter_matches_executed_rows_and_loads(dispatch, cores, chunk, tokens)
     with torch.no_grad():
         block(torch.randn(1, tokens, c.hidden_size))
     assert (block.experts.rows, block.experts.loads) == expert_work(
-        dispatch, tokens, c.num_experts_per_tok, c.num_experts, cores, chunk)
+        dispatch, tokens, c.num_experts_per_tok, c.num_experts, cores, chunk
+    )
     per_row = 3 * c.hidden_size * c.moe_intermediate_size * 2
     assert block.experts.rows * per_row == executed_expert_flops(
-        dispatch, tokens, c.num_experts_per_tok, c.hidden_size, c.moe_intermediate_size, c.num_experts, cores, chunk)
+        dispatch, tokens, c.num_experts_per_tok, c.hidden_size, c.moe_intermediate_size, c.num_experts, cores, chunk
+    )
 
 
-@pytest.mark.parametrize("name, E, k, T, C, tiles, ratio", [
-    # The arithmetic of the issue: tiles (= weight loads) and executed / ideal rows.
-    ("Qwen3-30B-A3B", 128, 8, 512, 32, 252, 1.97),
-    ("Qwen3-30B-A3B", 128, 8, 512, 16, 376, 1.47),
-    ("gpt-oss-20b", 32, 4, 512, 64, 63, 1.97),
-    ("gpt-oss-120b", 128, 4, 512, 16, 248, 1.94),
-])
+@pytest.mark.parametrize(
+    "name, E, k, T, C, tiles, ratio",
+    [
+        # The arithmetic of the issue: tiles (= weight loads) and executed / ideal rows.
+        ("Qwen3-30B-A3B", 128, 8, 512, 32, 252, 1.97),
+        ("Qwen3-30B-A3B", 128, 8, 512, 16, 376, 1.47),
+        ("gpt-oss-20b", 32, 4, 512, 64, 63, 1.97),
+        ("gpt-oss-120b", 128, 4, 512, 16, 248, 1.94),
+    ],
+)
 def test_grouped_tile_counts_for_real_shapes(name, E, k, T, C, tiles, ratio):
     plan = GroupedPlan.make(E, k, C, T)
     assert plan.num_tiles == tiles
@@ -65,13 +80,34 @@ def test_counter_matches_the_exported_graphs(tmp_path, tiny_dirs, exports):
     c = tiny_config("qwen3_moe")
     E, k, layers = c.num_experts, c.num_experts_per_tok, c.num_hidden_layers
     per_expert = 3 * c.hidden_size * c.moe_intermediate_size
-    graphs = {("blocked", 4, 5, 8): os.path.join(exports["qwen3_moe"][0], "prefill", "model.onnx"),
-              ("gathered", 4, 1, 1): os.path.join(exports["qwen3_moe"][0], "decode", "model.onnx")}
+    graphs = {
+        ("blocked", 4, 5, 8): os.path.join(exports["qwen3_moe"][0], "prefill", "model.onnx"),
+        ("gathered", 4, 1, 1): os.path.join(exports["qwen3_moe"][0], "decode", "model.onnx"),
+    }
     for dispatch, chunk in (("grouped", 3), ("loop", 5)):
         out = tmp_path / dispatch
-        optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], "--prefill-seq-len", 8, "--ctx-len", 32,
-                    "--num-cores", 4, "--moe-prefill-dispatch", dispatch, "--moe-prefill-packed-chunk-size", chunk,
-                    "--prefill-only", "--no-verify", "--compile", "never", out, check=True)
+        optimum_cli(
+            "export",
+            "qaic",
+            "--model",
+            tiny_dirs["qwen3_moe"],
+            "--prefill-seq-len",
+            8,
+            "--ctx-len",
+            32,
+            "--num-cores",
+            4,
+            "--moe-prefill-dispatch",
+            dispatch,
+            "--moe-prefill-packed-chunk-size",
+            chunk,
+            "--prefill-only",
+            "--no-verify",
+            "--compile",
+            "never",
+            out,
+            check=True,
+        )
         graphs[(dispatch, 4, chunk, 8)] = str(out / "prefill" / "model.onnx")
     for (dispatch, cores, chunk, tokens), path in graphs.items():
         rows, loads = expert_work(dispatch, tokens, k, E, cores, chunk)

@@ -255,7 +255,8 @@ def test_onnx_functions_every_opset(opset):
     """The FunctionProtos alone (no torch export) in a hand-built model, for each supported opset."""
     funcs = ops.onnx_functions(opset)
     assert [(f.domain, f.name) for f in funcs] == [(QAIC_DOMAIN, name) for name in OPS] + [
-        (ops.RMS_NORM_DOMAIN, "CustomRMSNorm")]
+        (ops.RMS_NORM_DOMAIN, "CustomRMSNorm")
+    ]
     assert all(isinstance(f, onnx.FunctionProto) for f in funcs)
     assert all([(o.domain, o.version) for o in f.opset_import] == [("", opset)] for f in funcs)
     for i, op_type in enumerate(OPS):
@@ -284,13 +285,19 @@ def test_onnx_functions_every_opset(opset):
 
 def _rms_norm_model(opset, shape):
     graph = helper.make_graph(
-        [helper.make_node("CustomRMSNorm", ["x", "w"], ["y"], domain=ops.RMS_NORM_DOMAIN, epsilon=1e-6)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)),
-         helper.make_tensor_value_info("w", TensorProto.FLOAT, [shape[-1]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                    helper.make_opsetid(ops.RMS_NORM_DOMAIN, 1)],
-                              functions=ops.onnx_functions(opset))
+        [helper.make_node("CustomRMSNorm", ["x", "w"], ["y"], domain=ops.RMS_NORM_DOMAIN, epsilon=1e-6)],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [shape[-1]]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(ops.RMS_NORM_DOMAIN, 1)],
+        functions=ops.onnx_functions(opset),
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -471,9 +478,7 @@ def test_external_data_and_back(tmp_path, monkeypatch):
     export_onnx(Weighted(), (idx,), out, ["idx"], ["rows"])
     assert sorted(os.listdir(tmp_path)) == ["model.onnx", "model.onnx.data"]
     proto = onnx.load(str(out), load_external_data=False)
-    locations = {
-        e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"
-    }
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"model.onnx.data"}
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"idx": idx.numpy()})
@@ -494,8 +499,12 @@ class Passthrough(torch.nn.Module):
 def test_io_names_exact(tmp_path, optimize):
     # optimize=False used to rename the *input* y when y is returned unchanged; names must be exact anyway
     path = export_onnx(
-        Passthrough(), (torch.randn(2, 3), torch.randn(2, 3)), tmp_path / "m.onnx", ["x", "y"],
-        ["y_RetainedState", "z", "z_again"], optimize=optimize,
+        Passthrough(),
+        (torch.randn(2, 3), torch.randn(2, 3)),
+        tmp_path / "m.onnx",
+        ["x", "y"],
+        ["y_RetainedState", "z", "z_again"],
+        optimize=optimize,
     )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["x", "y"]

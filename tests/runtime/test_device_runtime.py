@@ -12,13 +12,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import ARCHS, read_json
+from standins import install_tool, sdk_importable
 from transformers import AutoTokenizer
 
-from conftest import ARCHS, read_json
 from optimum_qaic_moe import QAICModelForCausalLM
 from optimum_qaic_moe.runtime.runner import CausalLMRunner
 from optimum_qaic_moe.settings import ExportSettings, UserError
-from standins import install_tool, sdk_importable
 
 PROMPTS = ["the cat is on the red house and the dog is in the old car by the river", "a sun"]
 
@@ -100,22 +100,22 @@ def test_decode_moves_token_ids_positions_and_logits_only(compiled, qaicrt):
         logits0 = runner.prefill(rng.integers(0, vocab, size=(1, 12)))  # 2 chunks of 8
         sent_zeros = cache if request == 0 else 0  # a program's first use starts its cache from zeros
         # the prefill program's cache is read out once, after the last chunk, for the decode program
-        assert moved(qaicrt, before) == {"to_device": 2 * 8 * 8 * 2 + sent_zeros,
-                                         "from_device": 2 * logits + cache}
+        assert moved(qaicrt, before) == {"to_device": 2 * 8 * 8 * 2 + sent_zeros, "from_device": 2 * logits + cache}
         token = logits0.argmax(-1)
         for step in range(6):
             before = dict(qaicrt.traffic)
             token = runner.decode(token, [12 + step]).argmax(-1)
             handed_over = cache if step == 0 else 0  # written into the decode program once per request
-            assert moved(qaicrt, before) == {"to_device": ids_and_positions + handed_over,
-                                             "from_device": logits}
+            assert moved(qaicrt, before) == {"to_device": ids_and_positions + handed_over, "from_device": logits}
 
 
 def test_programs_on_their_own_device_groups(compiled, qaicrt):
-    card = CausalLMRunner(compiled["qwen3_moe"], device="qaic", device_ids={"prefill": [2], "decode": [3]},
-                          data_path_timeout_ms=5000)
-    assert {d: [os.path.basename(os.path.dirname(p)) for p in progs] for d, progs in qaicrt.active.items()
-            if progs} == {2: ["prefill"], 3: ["decode"]}
+    card = CausalLMRunner(
+        compiled["qwen3_moe"], device="qaic", device_ids={"prefill": [2], "decode": [3]}, data_path_timeout_ms=5000
+    )
+    assert {
+        d: [os.path.basename(os.path.dirname(p)) for p in progs] for d, progs in qaicrt.active.items() if progs
+    } == {2: ["prefill"], 3: ["decode"]}
     for session in card.kv.sessions.values():
         assert session.program.properties.dataPathTimeoutMs == 5000
     card.prefill(np.array([[5, 6, 7]]))
@@ -141,9 +141,18 @@ def test_left_padded_batch_on_the_card(tiny_dirs, tmp_path, monkeypatch):
     qaicrt = sdk_importable(monkeypatch)
     monkeypatch.setenv("OPTIMUM_QAIC_MOE_CACHE", str(tmp_path / "cache"))
     model_dir = tiny_dirs["gpt_oss"]
-    card = QAICModelForCausalLM.from_pretrained(model_dir, export=True, device="qaic", batch_size=2,
-                                                prefill_seq_len=8, ctx_len=64, num_cores=4, verify=False,
-                                                compiler=install_tool(tmp_path / "bin"), output=str(tmp_path / "x"))
+    card = QAICModelForCausalLM.from_pretrained(
+        model_dir,
+        export=True,
+        device="qaic",
+        batch_size=2,
+        prefill_seq_len=8,
+        ctx_len=64,
+        num_cores=4,
+        verify=False,
+        compiler=install_tool(tmp_path / "bin"),
+        output=str(tmp_path / "x"),
+    )
     cpu = QAICModelForCausalLM.from_pretrained(str(tmp_path / "x"))
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"

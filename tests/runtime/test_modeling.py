@@ -29,8 +29,16 @@ def pair(request, tiny_dirs, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    qaic = QAICModelForCausalLM.from_pretrained(model_dir, export=True, batch_size=2, prefill_seq_len=8, ctx_len=64,
-                                                num_cores=4, moe_prefill_packed_chunk_size=5, verify=False)
+    qaic = QAICModelForCausalLM.from_pretrained(
+        model_dir,
+        export=True,
+        batch_size=2,
+        prefill_seq_len=8,
+        ctx_len=64,
+        num_cores=4,
+        moe_prefill_packed_chunk_size=5,
+        verify=False,
+    )
     return tok, hf, qaic
 
 
@@ -76,7 +84,7 @@ def test_eos_stops_like_transformers(pair):
     assert torch.equal(out, _greedy(hf, enc, eos_token_id=eos, pad_token_id=tok.pad_token_id))
     n = enc["input_ids"].shape[1]
     first = free[0, n:].tolist().index(eos)  # row 0 stops at its first eos, then only pads
-    assert int(out[0, n + first]) == eos and (out[0, n + first + 1:] == tok.pad_token_id).all()
+    assert int(out[0, n + first]) == eos and (out[0, n + first + 1 :] == tok.pad_token_id).all()
 
 
 @pytest.mark.slow
@@ -110,8 +118,15 @@ def test_batch_one_short_and_long_prompts(tiny_dirs, tmp_path, arch):
     model_dir = tiny_dirs[arch]
     tok = AutoTokenizer.from_pretrained(model_dir)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    qaic = QAICModelForCausalLM.from_pretrained(model_dir, export=True, prefill_seq_len=8, ctx_len=64, num_cores=3,
-                                                moe_prefill_packed_chunk_size=3, output=str(tmp_path / "export"))
+    qaic = QAICModelForCausalLM.from_pretrained(
+        model_dir,
+        export=True,
+        prefill_seq_len=8,
+        ctx_len=64,
+        num_cores=3,
+        moe_prefill_packed_chunk_size=3,
+        output=str(tmp_path / "export"),
+    )
     for prompt in PROMPTS:
         enc = tok(prompt, return_tensors="pt")
         assert torch.equal(_greedy(qaic, enc), _greedy(hf, enc))
@@ -181,9 +196,12 @@ def test_beam_search_and_overlong_generation_are_refused_before_any_work(single)
     with pytest.raises(UserError, match=r"beam search \(num_beams=2\) is not supported.*do_sample=True"):
         qaic.generate(**enc, num_beams=2, max_new_tokens=4)
     n = enc["input_ids"].shape[1]
-    with pytest.raises(UserError, match=rf"a prompt of {n} tokens plus 70 new tokens needs {n + 69} cache positions, "
-                                        rf"but this export has ctx_len=64: export again with ctx_len={n + 69} or "
-                                        rf"more \(--ctx-len\), or set max_new_tokens={65 - n}"):
+    with pytest.raises(
+        UserError,
+        match=rf"a prompt of {n} tokens plus 70 new tokens needs {n + 69} cache positions, "
+        rf"but this export has ctx_len=64: export again with ctx_len={n + 69} or "
+        rf"more \(--ctx-len\), or set max_new_tokens={65 - n}",
+    ):
         qaic.generate(**enc, max_new_tokens=70)
     assert qaic.runner.cache is state
     out = qaic.generate(**enc, max_new_tokens=65 - n, do_sample=False)  # exactly what fits
@@ -192,8 +210,9 @@ def test_beam_search_and_overlong_generation_are_refused_before_any_work(single)
 
 @pytest.mark.slow
 def test_context_overflow_of_a_decode_only_export(tiny_dirs):
-    qaic = QAICModelForCausalLM.from_pretrained(tiny_dirs["qwen3_moe"], export=True, decode_only=True, ctx_len=8,
-                                                prefill_seq_len=4, num_cores=2, verify=False)
+    qaic = QAICModelForCausalLM.from_pretrained(
+        tiny_dirs["qwen3_moe"], export=True, decode_only=True, ctx_len=8, prefill_seq_len=4, num_cores=2, verify=False
+    )
     tok = AutoTokenizer.from_pretrained(tiny_dirs["qwen3_moe"])
     with pytest.raises(UserError, match="export again with ctx_len=15 or more"):
         qaic.generate(**tok("the cat is on the red", return_tensors="pt"), max_new_tokens=10, do_sample=False)
@@ -240,7 +259,7 @@ def test_pipeline_and_streamer(single):
     streamer = _TokenStreamer()
     out = qaic.generate(**enc, max_new_tokens=6, do_sample=False, streamer=streamer)
     assert streamer.chunks[0] == enc["input_ids"][0].tolist() and streamer.chunks[-1] == "end"
-    assert [t for chunk in streamer.chunks[1:-1] for t in chunk] == out[0, enc["input_ids"].shape[1]:].tolist()
+    assert [t for chunk in streamer.chunks[1:-1] for t in chunk] == out[0, enc["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.slow
@@ -276,8 +295,11 @@ def test_qaic_device_without_sdk_is_a_clear_error(exports):
 
 
 def _files(root):
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, names in os.walk(root) for f in names}
+    return {
+        os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+        for d, _, names in os.walk(root)
+        for f in names
+    }
 
 
 @pytest.mark.slow
@@ -296,21 +318,26 @@ def test_push_to_hub_uploads_the_export(exports):
     """Against a local stand-in of the Hub's upload API (the Hub is unreachable here): the real huggingface_hub
     client, in a fresh process pointed at it by HF_ENDPOINT, commits every file of the export, byte for byte."""
     out, _ = exports["qwen3_moe"]
-    code = ("from optimum_qaic_moe import QAICModelForCausalLM\n"
-            "import sys, tempfile\n"
-            f"model = QAICModelForCausalLM.from_pretrained({out!r})\n"
-            "model.push_to_hub('org/tiny-qaic', token='hf_test', commit_message='first', safe_serialization=True)\n"
-            "model.save_pretrained(tempfile.mkdtemp(), push_to_hub=True, repo_id='org/again', token='hf_test')\n")
+    code = (
+        "from optimum_qaic_moe import QAICModelForCausalLM\n"
+        "import sys, tempfile\n"
+        f"model = QAICModelForCausalLM.from_pretrained({out!r})\n"
+        "model.push_to_hub('org/tiny-qaic', token='hf_test', commit_message='first', safe_serialization=True)\n"
+        "model.save_pretrained(tempfile.mkdtemp(), push_to_hub=True, repo_id='org/again', token='hf_test')\n"
+    )
     with UploadStandIn() as hub:
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_DISABLE_TELEMETRY="1")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=False
+        )
         assert proc.returncode == 0, proc.stderr
     assert hub.repos == ["org/tiny-qaic", "org/again"]
     first, again = hub.commits
     assert (first["repo"], first["revision"], first["summary"]) == ("org/tiny-qaic", "main", "first")
     assert first["files"] == _files(out) == again["files"]
-    assert {"qaic_config.json", "prefill.onnx", "weights.data", "decode/custom_io.yaml", "tokenizer.json"} <= set(first["files"])
+    assert {"qaic_config.json", "prefill.onnx", "weights.data", "decode/custom_io.yaml", "tokenizer.json"} <= set(
+        first["files"]
+    )
 
 
 # -- an export directory is not trusted ---------------------------------------------------------------------------
@@ -319,29 +346,51 @@ def test_push_to_hub_uploads_the_export(exports):
 CASES = {
     "not json": (lambda m, d: "{", r"qaic_config.json is not valid JSON"),
     "a list": (lambda m, d: json.dumps([m]), r"qaic_config.json holds a JSON list"),
-    "no settings": (lambda m, d: json.dumps({k: v for k, v in m.items() if k != "settings"}),
-                    r"qaic_config.json: settings must be an object, got '<missing>'"),
-    "graph outside": (lambda m, d: json.dumps({**m, "graphs": ["prefill", "../x"]}),
-                      r"qaic_config.json: graphs entry '../x' is not a graph of a QAIC export"),
-    "graph twice": (lambda m, d: json.dumps({**m, "graphs": ["decode", "decode"]}),
-                    r"graphs must be a non-empty list of distinct graph names"),
-    "ctx_lens past the RoPE tables": (lambda m, d: json.dumps({**m, "ctx_lens": [32, 10**7]}),
-                                      r"ctx_lens goes up to 10000000 but .*prefill.onnx holds RoPE tables for \d+ "),
-    "ctx_lens text": (lambda m, d: json.dumps({**m, "ctx_lens": ["64"]}),
-                      r"ctx_lens must be a non-empty list of positive integers, got \['64'\]"),
-    "window zero": (lambda m, d: json.dumps({**m, "sliding_window": 0}),
-                    r"sliding_window must be null or a positive integer, got 0"),
-    "batch raised": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "batch_size": 2}}),
-                     r"settings.batch_size is 2 but .*prefill.onnx was exported with 1"),
-    "prefill length": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "prefill_seq_len": 16}}),
-                       r"settings.prefill_seq_len is 16 but .*prefill.onnx was exported with 8"),
-    "ctx_len text": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "ctx_len": "64"}}),
-                     r"qaic_config.json: settings.ctx_len must be an integer or a list, got '64'"),
-    "dispatch": (lambda m, d: json.dumps({**m, "settings": {**m["settings"], "moe_prefill_dispatch": 3}}),
-                 r"settings.moe_prefill_dispatch must be one of 'blocked', 'grouped', 'loop', got 3"),
+    "no settings": (
+        lambda m, d: json.dumps({k: v for k, v in m.items() if k != "settings"}),
+        r"qaic_config.json: settings must be an object, got '<missing>'",
+    ),
+    "graph outside": (
+        lambda m, d: json.dumps({**m, "graphs": ["prefill", "../x"]}),
+        r"qaic_config.json: graphs entry '../x' is not a graph of a QAIC export",
+    ),
+    "graph twice": (
+        lambda m, d: json.dumps({**m, "graphs": ["decode", "decode"]}),
+        r"graphs must be a non-empty list of distinct graph names",
+    ),
+    "ctx_lens past the RoPE tables": (
+        lambda m, d: json.dumps({**m, "ctx_lens": [32, 10**7]}),
+        r"ctx_lens goes up to 10000000 but .*prefill.onnx holds RoPE tables for \d+ ",
+    ),
+    "ctx_lens text": (
+        lambda m, d: json.dumps({**m, "ctx_lens": ["64"]}),
+        r"ctx_lens must be a non-empty list of positive integers, got \['64'\]",
+    ),
+    "window zero": (
+        lambda m, d: json.dumps({**m, "sliding_window": 0}),
+        r"sliding_window must be null or a positive integer, got 0",
+    ),
+    "batch raised": (
+        lambda m, d: json.dumps({**m, "settings": {**m["settings"], "batch_size": 2}}),
+        r"settings.batch_size is 2 but .*prefill.onnx was exported with 1",
+    ),
+    "prefill length": (
+        lambda m, d: json.dumps({**m, "settings": {**m["settings"], "prefill_seq_len": 16}}),
+        r"settings.prefill_seq_len is 16 but .*prefill.onnx was exported with 8",
+    ),
+    "ctx_len text": (
+        lambda m, d: json.dumps({**m, "settings": {**m["settings"], "ctx_len": "64"}}),
+        r"qaic_config.json: settings.ctx_len must be an integer or a list, got '64'",
+    ),
+    "dispatch": (
+        lambda m, d: json.dumps({**m, "settings": {**m["settings"], "moe_prefill_dispatch": 3}}),
+        r"settings.moe_prefill_dispatch must be one of 'blocked', 'grouped', 'loop', got 3",
+    ),
     "pad id": (lambda m, d: json.dumps({**m, "pad_token_id": -3}), r"pad_token_id must be null or a token id >= 0"),
-    "graph missing": (lambda m, d: os.remove(os.path.join(d, "decode.onnx")) or json.dumps(m),
-                      r"lists the decode graph but .*decode.onnx does not exist"),
+    "graph missing": (
+        lambda m, d: os.remove(os.path.join(d, "decode.onnx")) or json.dumps(m),
+        r"lists the decode graph but .*decode.onnx does not exist",
+    ),
 }
 
 

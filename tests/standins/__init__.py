@@ -20,8 +20,10 @@ def install_tool(bin_dir, name: str = "qaic-compile") -> str:
     os.makedirs(bin_dir, exist_ok=True)
     path = os.path.join(str(bin_dir), name)
     with open(path, "w") as f:
-        f.write(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {HERE!r})\n"
-                f"from {TOOLS[name]} import main\nsys.exit(main(sys.argv))\n")
+        f.write(
+            f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {HERE!r})\n"
+            f"from {TOOLS[name]} import main\nsys.exit(main(sys.argv))\n"
+        )
     os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
     return path
 

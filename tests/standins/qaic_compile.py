@@ -94,8 +94,12 @@ def main(argv) -> int:
     out = args["-aic-binary-dir"]
     os.makedirs(out, exist_ok=True)
     copy_graph(args["-m"], os.path.join(out, "standin"))
-    program = {"specializations": specializations, "custom_io": read_custom_io(args["-custom-IO-list-file"]),
-               "num_devices": num_devices(args), "argv": argv}
+    program = {
+        "specializations": specializations,
+        "custom_io": read_custom_io(args["-custom-IO-list-file"]),
+        "num_devices": num_devices(args),
+        "argv": argv,
+    }
     with open(os.path.join(out, "standin", "program.json"), "w") as f:
         json.dump(program, f, indent=1)
     with open(os.path.join(out, "programqpc.bin"), "wb") as f:

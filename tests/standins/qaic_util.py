@@ -17,8 +17,10 @@ def main(argv) -> int:
         return 2
     variant = os.environ.get("STANDIN_HW_VARIANT", "AIC100")
     for qid in range(int(os.environ.get("STANDIN_QAIC_DEVICES", "4"))):
-        print(f"QID {qid}\n\tStatus:Ready\n\tNsp Total:16\n\tFW IMAGE_VARIANT:{variant}_STANDIN\n"
-              "\tBoard serial:STANDIN0\n\tDevice Capabilities\n\t\tHybridBoot+\n\t\tMDP+")
+        print(
+            f"QID {qid}\n\tStatus:Ready\n\tNsp Total:16\n\tFW IMAGE_VARIANT:{variant}_STANDIN\n"
+            "\tBoard serial:STANDIN0\n\tDevice Capabilities\n\t\tHybridBoot+\n\t\tMDP+"
+        )
     return 0
 
 

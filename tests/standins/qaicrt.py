@@ -32,12 +32,24 @@ DEVICES = int(os.environ.get("STANDIN_QAIC_DEVICES", "4"))
 traffic = {"to_device": 0, "from_device": 0, "executions": 0}
 active = {}  # device id -> [qpc dirs of the programs active on it]
 
-_NP = {aicapi.FLOAT_TYPE: np.float32, aicapi.FLOAT_16_TYPE: np.float16, aicapi.BFLOAT16_TYPE: np.float16,
-       aicapi.INT8_Q_TYPE: np.int8, aicapi.UINT8_Q_TYPE: np.uint8, aicapi.INT16_Q_TYPE: np.int16,
-       aicapi.INT32_Q_TYPE: np.int32, aicapi.INT32_I_TYPE: np.int32, aicapi.INT64_I_TYPE: np.int64,
-       aicapi.INT8_TYPE: np.int8}
-_PRECISION = {"float16": aicapi.FLOAT_16_TYPE, "mxint8": aicapi.FLOAT_16_TYPE, "float": aicapi.FLOAT_TYPE,
-              "bfloat16": aicapi.BFLOAT16_TYPE}
+_NP = {
+    aicapi.FLOAT_TYPE: np.float32,
+    aicapi.FLOAT_16_TYPE: np.float16,
+    aicapi.BFLOAT16_TYPE: np.float16,
+    aicapi.INT8_Q_TYPE: np.int8,
+    aicapi.UINT8_Q_TYPE: np.uint8,
+    aicapi.INT16_Q_TYPE: np.int16,
+    aicapi.INT32_Q_TYPE: np.int32,
+    aicapi.INT32_I_TYPE: np.int32,
+    aicapi.INT64_I_TYPE: np.int64,
+    aicapi.INT8_TYPE: np.int8,
+}
+_PRECISION = {
+    "float16": aicapi.FLOAT_16_TYPE,
+    "mxint8": aicapi.FLOAT_16_TYPE,
+    "float": aicapi.FLOAT_TYPE,
+    "bfloat16": aicapi.BFLOAT16_TYPE,
+}
 
 
 def reset_traffic() -> None:
@@ -113,9 +125,17 @@ def _onnx_type(elem_type: int) -> int:
     import onnx
 
     t = onnx.TensorProto
-    return {t.FLOAT: aicapi.FLOAT_TYPE, t.FLOAT16: aicapi.FLOAT_16_TYPE, t.BFLOAT16: aicapi.BFLOAT16_TYPE,
-            t.INT64: aicapi.INT64_I_TYPE, t.INT32: aicapi.INT32_I_TYPE, t.INT16: aicapi.INT16_Q_TYPE,
-            t.INT8: aicapi.INT8_Q_TYPE, t.UINT8: aicapi.UINT8_Q_TYPE, t.BOOL: aicapi.INT8_TYPE}[elem_type]
+    return {
+        t.FLOAT: aicapi.FLOAT_TYPE,
+        t.FLOAT16: aicapi.FLOAT_16_TYPE,
+        t.BFLOAT16: aicapi.BFLOAT16_TYPE,
+        t.INT64: aicapi.INT64_I_TYPE,
+        t.INT32: aicapi.INT32_I_TYPE,
+        t.INT16: aicapi.INT16_Q_TYPE,
+        t.INT8: aicapi.INT8_Q_TYPE,
+        t.UINT8: aicapi.UINT8_Q_TYPE,
+        t.BOOL: aicapi.INT8_TYPE,
+    }[elem_type]
 
 
 def _dims(value_info, spec: dict, known: dict) -> list:
@@ -154,15 +174,24 @@ class Qpc:
         for index, (v, direction) in enumerate(values):
             kind = _PRECISION[custom_io[v.name]] if v.name in custom_io else _onnx_type(v.type.tensor_type.elem_type)
             dims = self.shapes[0][index]
-            self.bindings.append({"name": v.name, "index": index, "dir": direction, "type": kind, "dims": dims,
-                                  "size": int(np.prod(dims)) * np.dtype(_NP[kind]).itemsize,
-                                  "is_partial_buf_allowed": v.name.startswith("past_")})
+            self.bindings.append(
+                {
+                    "name": v.name,
+                    "index": index,
+                    "dir": direction,
+                    "type": kind,
+                    "dims": dims,
+                    "size": int(np.prod(dims)) * np.dtype(_NP[kind]).itemsize,
+                    "is_partial_buf_allowed": v.name.startswith("past_"),
+                }
+            )
 
     def getIoDescriptor(self):
         allowed = []
         if len(self.shapes) > 1:
-            allowed = [[{"type": b["type"], "dims": dims} for b, dims in zip(self.bindings, shape)]
-                       for shape in self.shapes]
+            allowed = [
+                [{"type": b["type"], "dims": dims} for b, dims in zip(self.bindings, shape)] for shape in self.shapes
+            ]
         return QStatus.QS_SUCCESS, aicapi.IoDesc.serialize(self.bindings, allowed)
 
 
@@ -214,8 +243,12 @@ class Program:
         matches = [s for s in self.qpc.shapes if all(list(s[i]) == list(dims) for i, dims in bound.items())]
 
         def fits_state(shape):
-            return all(list(self.state[b["name"]].shape) == list(shape[b["index"]])
-                       for b in self.qpc.bindings if b["name"] in self.state)
+            return all(
+                list(self.state[b["name"]].shape) == list(shape[b["index"]])
+                for b in self.qpc.bindings
+                if b["name"] in self.state
+            )
+
         preferred = [s for s in matches if fits_state(s)]
         return (preferred or matches or [None])[0]
 

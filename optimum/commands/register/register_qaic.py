@@ -1,4 +1,5 @@
 from optimum.commands.export.base import ExportCommand
+
 from optimum_qaic_moe.cli import QAICExportCommand
 
 REGISTER_COMMANDS = [(QAICExportCommand, ExportCommand)]

@@ -40,6 +40,8 @@ SIZE_FIELDS = (
     "sliding_window",
 )
 EXPERT_COUNT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts")
+# size fields where 0 means "none": transformers 5.x writes sliding_window 0 when a model has no window (Qwen2-MoE)
+ZERO_MEANS_NONE = ("sliding_window",)
 
 
 # -- resolution ---------------------------------------------------------------------------------------------------
@@ -217,6 +219,8 @@ def check_model_config(config: dict, path: str) -> None:
         raise UserError(f'{path}: model_type must be a string such as "qwen3_moe", got {model_type!r}')
     for name in SIZE_FIELDS:
         value = config.get(name)
+        if value == 0 and name in ZERO_MEANS_NONE:
+            continue
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UserError(f"{path}: {name} must be a positive integer, got {value!r}")
     experts = next((config[n] for n in EXPERT_COUNT_FIELDS if config.get(n) is not None), None)

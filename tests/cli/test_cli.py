@@ -190,6 +190,7 @@ def _broken_config(tiny_dirs, tmp_path, edit):
         (lambda c: json.dumps({**c, "num_experts_per_tok": 9}), ["num_experts_per_tok is 9", "6 experts"]),
         (lambda c: json.dumps({**c, "hidden_size": -32}), ["hidden_size must be a positive integer, got -32"]),
         (lambda c: json.dumps({**c, "num_hidden_layers": 0}), ["num_hidden_layers must be a positive integer"]),
+        (lambda c: json.dumps({**c, "sliding_window": -1}), ["sliding_window must be a positive integer, got -1"]),
         (lambda c: json.dumps({**c, "num_key_value_heads": 3}), ["not a multiple of num_key_value_heads 3"]),
     ],
 )

@@ -81,5 +81,6 @@ def _signature() -> inspect.Signature:
 
 
 # help(main_export) and IDEs show every option with its default, generated from the same fields as the CLI.
-main_export.__doc__ += _options_doc()
-main_export.__signature__ = _signature()
+if main_export.__doc__ is not None:  # None under python -OO
+    main_export.__doc__ += _options_doc()
+main_export.__signature__ = _signature()  # type: ignore[attr-defined]  # read by inspect; typeshed lacks it

@@ -428,7 +428,7 @@ class HFWeights:
         self.checkpoint = checkpoint
         self.config = meta_model.config
         self.model_class = type(meta_model).__name__
-        layout = EXPERT_LAYOUTS.get(getattr(meta_model.config, "model_type", None), ExpertLayout({}))
+        layout = EXPERT_LAYOUTS.get(getattr(meta_model.config, "model_type", ""), ExpertLayout({}))
         state = meta_model.state_dict(keep_vars=True)
         self._shapes = {name: tuple(t.shape) for name, t in state.items()}
         self._tied: dict[str, str] = {}  # alias -> the name transformers loads it under (the first one)
@@ -722,7 +722,7 @@ def _synonym_misread(raw: dict, config, carried: set, unread: set) -> list[_Misr
 
 
 def _hard_coded_misread(raw: dict, unread: set) -> list[_Misread]:
-    fixed = HARD_CODED.get(raw.get("model_type"), {})
+    fixed = HARD_CODED.get(raw.get("model_type", ""), {})
     return [
         _Misread(field, raw[field], f"{field} (hard-coded)", value, None)
         for field, value in fixed.items()

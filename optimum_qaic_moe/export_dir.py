@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import NoReturn
 
 from .settings import ExportSettings, UserError
 
@@ -46,7 +47,7 @@ def read_export_config(export_dir: str) -> dict:
 
 
 def check_schema(meta: dict, path: str) -> None:
-    def bad(field: str, wanted: str):
+    def bad(field: str, wanted: str) -> NoReturn:
         raise UserError(
             f"{path}: {field} must be {wanted}, got {_short(meta.get(field, '<missing>'))}: the "
             "file was edited or is damaged; export again"

@@ -96,7 +96,7 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
     # -- loading and saving ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]  # Optimum's signature (model_id, export=...), not transformers'
         cls,
         model_id: str,
         export: bool = False,
@@ -148,7 +148,9 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
                 **placement,
             )
 
-    def save_pretrained(self, save_directory: str, push_to_hub: bool = False, **kwargs) -> None:
+    def save_pretrained(  # type: ignore[override]  # push_to_hub 2nd (transformers: is_main_process); rest **kwargs
+        self, save_directory: str, push_to_hub: bool = False, **kwargs
+    ) -> None:
         """Copy the export (graphs, compiler inputs, compiled programs, config, tokenizer) to ``save_directory``.
 
         transformers' keywords that concern torch weights (``safe_serialization``, ``max_shard_size``, ...) are
@@ -164,12 +166,12 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
                 repo_id, token=kwargs.get("token"), **{k: v for k, v in kwargs.items() if k in PUSH_OPTIONS}
             )
 
-    def push_to_hub(
+    def push_to_hub(  # type: ignore[override]  # transformers' is a functools.wraps object no method can match
         self,
         repo_id: str,
         commit_message: str | None = None,
         private: bool | None = None,
-        token: str | None = None,
+        token: bool | str | None = None,
         revision: str | None = None,
         create_pr: bool = False,
         **kwargs,
@@ -282,10 +284,10 @@ class QAICModelForCausalLM(PreTrainedModel, GenerationMixin):
         if (mask.sum(axis=1) == 0).any():
             raise UserError("empty prompt: a row of attention_mask has no token; give at least one token per row")
         if self._in_generate and self._groups:
-            logits = self._decode_groups(ids[:, -1], mask.sum(axis=1) - 1)
+            last = self._decode_groups(ids[:, -1], mask.sum(axis=1) - 1)  # [B, V]
         else:
-            logits = self._prefill_groups(ids, mask)
-        logits = torch.from_numpy(logits).unsqueeze(1)  # [B, 1, V]
+            last = self._prefill_groups(ids, mask)
+        logits = torch.from_numpy(last).unsqueeze(1)  # [B, 1, V]
         return CausalLMOutputWithPast(logits=logits) if return_dict is not False else (logits,)
 
     # -- any batch on graphs of one batch size --------------------------------------------------------------

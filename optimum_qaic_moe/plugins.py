@@ -19,13 +19,16 @@ import importlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .hookspecs import PROJECT, CompileBackend, hookimpl, hookspec  # noqa: F401 (plugins import hookimpl here)
 from .settings import QAICError
+
+if TYPE_CHECKING:
+    from .architectures.export_config import QAICCausalLMExportConfig
 
 ENTRY_POINT_GROUP = "optimum_qaic_moe"
 DISABLE_ENV = "OPTIMUM_QAIC_MOE_DISABLE_PLUGINS"
@@ -50,7 +53,7 @@ class PluginManager(pluggy.PluginManager):
     """pluggy's manager, remembering the distribution (name, version) of each plugin it loaded: the built-ins'
     own, an entry point's."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(PROJECT)
         self.add_hookspecs(hookspecs)
         self.distributions: dict[str, tuple] = {}
@@ -129,8 +132,9 @@ def _check_pending(pm: PluginManager) -> None:
             f" (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, HOOKS, n=1)) else "" for u in unknown
         ]
         named = ", ".join(u + g for u, g in zip(unknown, guesses))
+        plugin = pm.get_name(e.plugin) or pm.get_canonical_name(e.plugin)  # registered, so named
         raise PluginError(
-            f"{pm.describe(pm.get_name(e.plugin))} implements {named}, which is not a hook of "
+            f"{pm.describe(plugin)} implements {named}, which is not a hook of "
             f"optimum_qaic_moe (the hooks: {', '.join(HOOKS)}); {FIX}"
         ) from e
 
@@ -227,9 +231,9 @@ def get_export_configs() -> dict[str, type]:
     configs = {}
     register = TasksManager.create_register("qaic", overwrite_existing=True)
     for model_type, arch in get_architectures().items():
-        base = arch.export_config_class
+        base: type[QAICCausalLMExportConfig] = arch.export_config_class
         cls = type(f"{type(arch).__name__}ExportConfig", (base,), {"architecture": arch})
-        configs[model_type] = register(model_type, *cls.SUPPORTED_TASKS)(cls)
+        configs[model_type] = register(model_type, *base.SUPPORTED_TASKS)(cls)  # cls inherits base's tasks
     return configs
 
 

@@ -261,7 +261,7 @@ def flag_of(f: dataclasses.Field) -> str:
 
 
 def default_of(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is MISSING else f.default
+    return f.default_factory() if callable(f.default_factory) else f.default  # a field has one or the other
 
 
 def python_names(message: str) -> str:

@@ -264,7 +264,8 @@ def save_tokenizer(model_dir: str, target: str, trust_remote_code: bool = False)
 def side_files(model_dir: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Top-level non-weight files of ``model_dir`` as (name, resolved path): (safe, skipped)."""
     roots = trusted_roots(model_dir)
-    safe, skipped = [], []
+    safe: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
     for name in sorted(os.listdir(model_dir)):
         path = os.path.join(model_dir, name)
         if not os.path.isfile(path) or name.endswith(WEIGHT_SUFFIXES):

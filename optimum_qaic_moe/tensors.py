@@ -25,6 +25,7 @@ from torch import nn
 
 ReadRows = Callable[[str, slice | None], torch.Tensor]  # (transformers parameter name, dim-0 rows) -> fp32
 BLOCK_BYTES = 64 << 20  # rows written per step
+RECIPE = "qaic_recipe"  # the attribute a made parameter carries its recipe in
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Stacked:
 
 def _tagged(value: torch.Tensor, recipe) -> nn.Parameter:
     param = nn.Parameter(value, requires_grad=False)
-    param.qaic_recipe = recipe
+    setattr(param, RECIPE, recipe)  # nn.Parameter declares no such attribute
     return param
 
 
@@ -79,14 +80,14 @@ class WeightWriter:
 
     def sources(self, param: torch.Tensor) -> list[str]:
         """The transformers parameter names param is made of."""
-        recipe = getattr(param, "qaic_recipe", None)
+        recipe = getattr(param, RECIPE, None)
         if recipe is None:
             return [self.names[id(param)]] if id(param) in self.names else []
         parents = recipe.sources if isinstance(recipe, Stacked) else [recipe.source]
         return [name for p in parents for name in self.sources(p)]
 
     def rows(self, param: torch.Tensor, rows: slice) -> torch.Tensor:
-        recipe = getattr(param, "qaic_recipe", None)
+        recipe = getattr(param, RECIPE, None)
         if recipe is None:
             if id(param) in self.names:
                 return self.read(self.names[id(param)], rows)
@@ -104,7 +105,7 @@ class WeightWriter:
 
     def write(self, param: torch.Tensor, out: np.ndarray) -> None:
         """Fill ``out`` (float32, param's shape, e.g. a memory map of the data file) block by block."""
-        recipe = getattr(param, "qaic_recipe", None)
+        recipe = getattr(param, RECIPE, None)
         if isinstance(recipe, Transposed):  # out[:, a:b] = source[a:b].T: contiguous reads, strided writes
             n = recipe.source.shape[0]
             step = _rows_per_block(recipe.source)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 WORDS = (
     "the a an of to in is was it on for with as by at from that this be are or and not but have had has "
@@ -100,7 +101,7 @@ FORMATS = ("fp32", "hub", "bf16", "fused")
 # The Hub models' knobs at tiny size: Qwen3-MoE with 128 experts top-8 (as Qwen3-30B-A3B and Qwen3-235B-A22B), one
 # KV head, a dense layer (mlp_only_layers) and rope_theta 1e6; gpt-oss with widths MXFP4 can hold (multiples of
 # 32), 8 experts top-4, alternating sliding and full attention.
-HUB_OVERRIDES = {
+HUB_OVERRIDES: dict[str, dict[str, Any]] = {
     "qwen3_moe": {
         "num_experts": 128,
         "num_experts_per_tok": 8,
@@ -274,7 +275,7 @@ HUB_CONFIG_FIELDS = {
         "router_aux_loss_coef",
     ),
 }
-HUB_CONFIG_VALUES = {
+HUB_CONFIG_VALUES: dict[str, dict[str, Any]] = {
     "qwen3_moe": {"torch_dtype": "bfloat16", "transformers_version": "4.51.0"},
     "gpt_oss": {
         "hidden_act": "silu",
@@ -326,7 +327,8 @@ def write_shards(
     from safetensors.torch import save_file
 
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    groups, size = [[]], 0
+    groups: list[list[str]] = [[]]
+    size = 0
     for name, t in tensors.items():
         if size >= total * len(groups) / num_shards and len(groups) < num_shards:
             groups.append([])
@@ -439,7 +441,8 @@ def fused_tensors(model_type: str, tensors: dict) -> dict:
     patterns = [
         (target, k, expert_name_regex(t)) for target, parts in layout.fused.items() for k, t in enumerate(parts)
     ]
-    out, pieces = {}, {}  # pieces: fused name -> {expert: {part index: tensor}}
+    out: dict[str, torch.Tensor] = {}
+    pieces: dict[str, dict[int, dict[int, torch.Tensor]]] = {}  # fused name -> {expert: {part index: tensor}}
     for name, t in tensors.items():
         hit = next(((target, k, m) for target, k, regex in patterns if (m := regex.match(name))), None)
         if hit:

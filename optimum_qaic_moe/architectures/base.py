@@ -20,6 +20,8 @@ are not exact fp16 numbers); RMSNorm is the compiler's CustomRMSNorm kernel.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +42,13 @@ MASKED = float(torch.finfo(torch.float16).min)  # -65504: the lowest score fp16 
 def linear(hf_linear: nn.Module) -> Linear:
     """A transformers Linear (or any module with ``weight`` [out, in] and maybe ``bias``) as ``x @ W.T``, W.T a
     view of its weight."""
-    return Linear(transposed(hf_linear.weight), getattr(hf_linear, "bias", None))
+    return Linear(transposed(cast(torch.Tensor, hf_linear.weight)), getattr(hf_linear, "bias", None))
+
+
+def submodules(hf_module: nn.Module, *names: str) -> list[nn.Module]:
+    """``hf_module.<name>`` for each name: the caller knows they are modules (torch types any module attribute as
+    ``Tensor | Module``)."""
+    return [cast(nn.Module, getattr(hf_module, name)) for name in names]
 
 
 class RMSNorm(nn.Module):
@@ -195,7 +203,7 @@ class CausalLMGraph(nn.Module):
         self,
         embed: torch.Tensor,
         rope: RotaryTables,
-        layers: list[DecoderLayer],
+        layers: list[nn.Module],  # DecoderLayers, or the export's stand-ins for them
         norm: nn.Module,
         lm_head: Linear,
         layer_kinds: list[str],
@@ -240,8 +248,13 @@ class Architecture:
     # Config kwargs of a tiny random model (tests, examples, `qaic-moe-tiny`): small enough to export in seconds,
     # shaped so the interesting cases happen (experts not a multiple of the usual core counts, ...).
     tiny_config: dict = {}
-    # transformers' decoder layer unpacks (hidden, router_scores) from the MoE module (GPT-OSS does)
-    moe_returns_router_scores: bool = False
+
+    @property
+    def moe_returns_router_scores(self) -> bool:
+        """transformers' decoder layer unpacks (hidden, router_scores) from the MoE module (GPT-OSS does). A
+        property, so an architecture may decide it by the transformers version (Mixtral), or set a class
+        attribute."""
+        return False
 
     # accessors: where the parts of a transformers model are
     def decoder_layers(self, hf_model) -> list[nn.Module]:
@@ -277,7 +290,7 @@ class Architecture:
 
     def norm(self, hf_norm: nn.Module) -> RMSNorm:
         eps = getattr(hf_norm, "variance_epsilon", None)
-        return RMSNorm(hf_norm.weight, getattr(hf_norm, "eps", 1e-6) if eps is None else eps)
+        return RMSNorm(cast(torch.Tensor, hf_norm.weight), getattr(hf_norm, "eps", 1e-6) if eps is None else eps)
 
     def sliding_window(self, hf_attention: nn.Module, config, layer_idx: int) -> int | None:
         return getattr(hf_attention, "sliding_window", None)
@@ -285,11 +298,12 @@ class Architecture:
     def attention(self, hf_attention: nn.Module, config, layer_idx: int) -> Attention:
         q_norm, k_norm = getattr(hf_attention, "q_norm", None), getattr(hf_attention, "k_norm", None)
         scaling = getattr(hf_attention, "scaling", self.head_dim(config) ** -0.5)  # 4.57's Qwen2-MoE keeps none
+        q, k, v, o = submodules(hf_attention, "q_proj", "k_proj", "v_proj", "o_proj")
         return Attention(
-            linear(hf_attention.q_proj),
-            linear(hf_attention.k_proj),
-            linear(hf_attention.v_proj),
-            linear(hf_attention.o_proj),
+            linear(q),
+            linear(k),
+            linear(v),
+            linear(o),
             self.head_dim(config),
             scaling,
             q_norm=None if q_norm is None else self.norm(q_norm),
@@ -303,7 +317,8 @@ class Architecture:
         raise NotImplementedError
 
     def dense_mlp(self, hf_mlp: nn.Module, config) -> GatedMLP:
-        return GatedMLP(linear(hf_mlp.gate_proj), linear(hf_mlp.up_proj), linear(hf_mlp.down_proj), silu_gate)
+        gate, up, down = submodules(hf_mlp, "gate_proj", "up_proj", "down_proj")
+        return GatedMLP(linear(gate), linear(up), linear(down), silu_gate)
 
     def mlp(self, hf_mlp: nn.Module, config, dispatch: MoEDispatchConfig) -> nn.Module:
         block = self.moe_block(hf_mlp, config, dispatch)
@@ -350,7 +365,7 @@ class Architecture:
         layers = [self.decoder_layer(layer, config, i, dispatch) for i, layer in enumerate(hf_layers)]
         rope = RotaryTables(self.rotary_embedding(hf_model), config, positions, self.head_dim(config))
         graph = CausalLMGraph(
-            self.embed_tokens(hf_model).weight,
+            cast(torch.Tensor, self.embed_tokens(hf_model).weight),
             rope,
             layers,
             self.norm(self.final_norm(hf_model)),

@@ -12,6 +12,10 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Architecture
 
 CTX_DIM, WINDOW_DIM, BATCH_DIM = "ctx_len", "sliding_window", "batch_size"
 
@@ -23,7 +27,7 @@ class QAICCausalLMExportConfig:
 
     SUPPORTED_TASKS = ("text-generation-with-past",)
     SUPPORTS_PAST = True
-    architecture = None  # set per model_type when registered
+    architecture: Architecture | None = None  # set per model_type when registered
 
     def __init__(
         self, config, task: str = "text-generation-with-past", use_past: bool = True, architecture=None, **kwargs
@@ -78,6 +82,8 @@ class QAICCausalLMExportConfig:
 
     def cache_shapes(self, batch_size: int, cache_lengths: Sequence[int]) -> dict[str, tuple]:
         """{past_key.i / past_value.i: shape} for one context length."""
+        if self.architecture is None:  # the base class, built without architecture=
+            raise TypeError(f"{type(self).__name__} has no architecture: pass architecture= to know the cache shapes")
         shapes = {}
         for i, length in enumerate(cache_lengths):
             key, value = self.architecture.cache_shapes(self._config, batch_size, length)

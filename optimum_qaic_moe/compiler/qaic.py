@@ -183,16 +183,17 @@ def _hash_file(h, label: str, path: str) -> None:
             h.update(block)
 
 
-def _run_streaming(argv: list[str], cwd: str, say: Callable[[str], None], graph: str):
+def _run_streaming(argv: list[str], cwd: str, say: Callable[[str], None], graph: str) -> tuple[int, list[str]]:
     """Run the compiler, passing each line of its output on as it comes. Returns (exit code, last lines).
     Interrupted, it stops the compiler before re-raising."""
-    tail = collections.deque(maxlen=5)
+    tail: collections.deque[str] = collections.deque(maxlen=5)
     try:
         proc = subprocess.Popen(
             argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
         )
     except OSError as e:
         raise UserError(f"could not run the compiler {argv[0]}: {e.strerror or e}") from e
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         for line in proc.stdout:
             line = line.rstrip()
@@ -269,7 +270,7 @@ class QAICCompileBackend:
         return argv
 
     def commands(self, output_dir: str, settings: ExportSettings, compiler: str | None):
-        hw = settings.aic_hw_version
+        hw: str = settings.aic_hw_version
         if hw == "auto":
             hw = detect_hw_version() or "ai100"
         out = []

@@ -13,8 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 DATA_NAME = "weights.data"
 ALIGN = 4096
@@ -22,7 +26,8 @@ ALIGN = 4096
 
 def _layout(graphs) -> tuple[dict[str, tuple[int, tuple]], int]:
     """{initializer name: (offset, shape)} over the union of the graphs' parameters, and the file size."""
-    layout, offset = {}, 0
+    layout: dict[str, tuple[int, tuple]] = {}
+    offset = 0
     for traced in graphs:
         for name, param in traced.params.items():
             shape = tuple(param.shape)
@@ -45,7 +50,7 @@ def write_weights(export_dir: str, graphs, writer, progress: Callable[[int, int]
     first = os.path.join(export_dir, DATA_NAME)
     with open(first, "wb") as f:
         f.truncate(size)
-    params = {}
+    params: dict[str, torch.Tensor] = {}
     for traced in graphs:
         for name, param in traced.params.items():
             params.setdefault(name, param)

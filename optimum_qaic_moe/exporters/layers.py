@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.export import Dim
 
 LAYER_DOMAIN = "optimum_qaic_moe.layers"
 ACTIVATIONS = ("hidden", "cos", "sin", "position_ids", "past_key", "past_value")
@@ -91,7 +95,7 @@ class TracedGraph:
     params: dict[str, torch.Tensor]  # initializer name -> parameter it holds
 
 
-def _dim(name: str, example: int):
+def _dim(name: str, example: int) -> Dim:
     from torch.export import Dim
 
     return Dim(name, min=1 if example > 1 else 2, max=1 << 24)
@@ -113,7 +117,7 @@ def trace(graph, example_args, cache_dims: Sequence[dict[int, str]], opset: int,
     from .onnx_export import attach_functions
 
     input_ids, position_ids, past = example_args
-    dims = {}  # one torch.export.Dim per name
+    dims: dict[str, Dim] = {}  # one per name
     cache_dyn = []
     for i, d in enumerate(cache_dims):
         spec = {axis: dims.setdefault(name, _dim(name, past[2 * i].shape[axis])) for axis, name in d.items()}

@@ -16,11 +16,15 @@ import json
 import os
 import platform
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..logging import Steps, info, stage
 from ..settings import ExportSettings, UserError
 from ..sources import read_model_config, resolve_model_dir, save_tokenizer
 from . import publish
+
+if TYPE_CHECKING:
+    from ..moe.block import MoEDispatchConfig
 
 PREFILL, DECODE = "prefill", "decode"
 
@@ -78,7 +82,7 @@ def open_weights(model_dir: str, config):
 class GraphSpec:
     name: str
     seq_len: int
-    dispatch: object  # MoEDispatchConfig
+    dispatch: MoEDispatchConfig
 
     @property
     def decode(self) -> bool:
@@ -176,10 +180,10 @@ def sliding_window(arch, model) -> int | None:
 # -- side files ------------------------------------------------------------------------------------------------
 
 
-def package_versions() -> dict:
+def package_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("optimum-qaic-moe", "torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime"):
         try:
             out[name] = version(name)

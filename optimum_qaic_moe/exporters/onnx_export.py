@@ -256,7 +256,7 @@ def apply_io_names(model, input_names, output_names) -> None:
                 value = node.outputs[0]
             seen.add(value)
 
-    targets = {}
+    targets: dict[str, ir.Value] = {}
     if input_names is not None:
         targets.update(zip(input_names, graph.inputs))
     if output_names is not None:
@@ -365,8 +365,8 @@ def export_onnx(
     try:
         tmp_model = tmpdir / output_path.name
         if progress:
-            size = _initializer_bytes(model)
-            size = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+            nbytes = _initializer_bytes(model)
+            size = f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
             progress(f"save ({size} of weights" + (", external data)" if external_data else ")"))
         try:
             if external_data:

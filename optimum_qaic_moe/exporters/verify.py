@@ -34,7 +34,7 @@ def prompt_for(settings: ExportSettings, vocab_size: int, decode_steps: int = 3,
     return np.random.default_rng(seed).integers(0, vocab_size, size=(settings.batch_size, n)).astype(np.int64)
 
 
-def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: list[np.ndarray] = None, desc: str = "") -> Run:
+def run_graphs(runner, prompt: np.ndarray, steps: int, tokens: list[np.ndarray] | None = None, desc: str = "") -> Run:
     """Prefill then ``steps`` decode steps: greedy, or feeding ``tokens`` when given.
 
     The logits are copied: an array onnxruntime returns (and any view of it) keeps the memory arena of the session

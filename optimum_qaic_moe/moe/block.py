@@ -46,7 +46,7 @@ class MoEDispatchConfig:
             )
 
     def resolve_chunk_size(self, num_tokens: int, top_k: int, num_experts: int) -> int:
-        if self.chunk_size != "auto":
+        if isinstance(self.chunk_size, int):  # else "auto" (__post_init__)
             return self.chunk_size
         return choose_chunk_size(
             self.algorithm, num_tokens, top_k, num_experts, self.num_cores, bytes_per_weight=self.weight_bytes

@@ -277,11 +277,11 @@ def expert_work(
 ):
     """(expert-MLP rows, expert weight sets loaded) that the static graph of ``dispatch`` executes per layer."""
     if dispatch == "blocked":
-        plan = BlockedPlan.make(num_experts, num_cores, chunk_size, num_tokens)
-        return plan.executed_rows, plan.weight_loads
+        blocked = BlockedPlan.make(num_experts, num_cores, chunk_size, num_tokens)
+        return blocked.executed_rows, blocked.weight_loads
     if dispatch == "grouped":
-        plan = GroupedPlan.make(num_experts, top_k, chunk_size, num_tokens)
-        return plan.executed_rows, plan.weight_loads
+        grouped = GroupedPlan.make(num_experts, top_k, chunk_size, num_tokens)
+        return grouped.executed_rows, grouped.weight_loads
     if dispatch == "loop":
         return num_experts * num_tokens, num_experts
     if dispatch == "gathered":

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..settings import UserError
+
+if TYPE_CHECKING:
+    from .ort import OrtGraph
 
 RETAINED = "_RetainedState"
 DeviceIds = None | Sequence[int] | Mapping[str, Sequence[int]]
@@ -79,13 +83,13 @@ class HostKVCache:
         self.cache_shapes = cache_shapes(
             self.graph_files[self.graph_names[0]], self.batch_size, self.ctx_len, meta.get("sliding_window")
         )
-        self._loaded = {}
+        self._loaded: dict[str, OrtGraph] = {}
         if not low_memory:
             for name in self.graph_names:
                 self._graph(name)
         self.cache: dict[str, np.ndarray] = {}
 
-    def _graph(self, name: str):
+    def _graph(self, name: str) -> OrtGraph:
         from .ort import OrtGraph
 
         if name not in self._loaded:
@@ -150,7 +154,8 @@ class DeviceKVCache:
         self.prefill_seq_len = prefill["input_ids"][1] if prefill else meta["settings"]["prefill_seq_len"]
         self.request = 0
         self._resident: dict[str, int] = {}  # graph -> the request whose cache that program holds
-        self._handoff = None  # (source graph, {past_* name: host array}) waiting for the other program
+        # (source graph, {past_* name: host array}) waiting for the other program
+        self._handoff: tuple[str, dict[str, np.ndarray]] | None = None
 
     def _ctx_len(self, graph: str, spec: dict) -> int:
         """The context of a specialization: the longest cache (GPT-OSS ring layers are shorter)."""
@@ -159,7 +164,7 @@ class DeviceKVCache:
     def _select_specializations(self) -> dict[str, dict]:
         """One specialization per program: the largest (context, batch) every program was compiled for; the
         prefill program's longest chunk and the decode program's shortest step within it."""
-        options = {}
+        options: dict[str, dict[tuple[int, int], list[dict]]] = {}  # graph -> (context, batch) -> its specializations
         for graph, session in self.sessions.items():
             options[graph] = {(self._ctx_len(graph, s), s["input_ids"][0]): [] for s in session.specializations}
             for s in session.specializations:
@@ -239,6 +244,7 @@ class CausalLMRunner:
         self.meta = read_export_meta(export_dir)
         if device not in ("cpu", "qaic"):
             raise UserError(f"unknown device {device!r}: use 'cpu' (onnxruntime) or 'qaic'")
+        self.kv: HostKVCache | DeviceKVCache
         if device == "cpu":
             if device_ids is not None:
                 raise UserError("device_ids applies to device='qaic' only")
@@ -300,6 +306,8 @@ class CausalLMRunner:
         """Left-padded prompts [B, n] -> logits at each row's last token [B, V]. Starts a new request."""
         input_ids = np.asarray(input_ids)
         self._check_batch(input_ids.shape[0])
+        if input_ids.shape[1] == 0:  # no chunk would run, so there would be no logits to return
+            raise UserError("empty prompt: input_ids has no tokens; give at least one token per row")
         mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
         positions = np.where(mask > 0, np.cumsum(mask, axis=1) - 1, -1)
         self.reset()
@@ -316,8 +324,9 @@ class CausalLMRunner:
         for c in range(chunks):
             cols = slice(c * width, (c + 1) * width)
             step = self._run(graph, ids[:, cols], pos[:, cols], ends_prompt=c == chunks - 1)
-            has_token = (pos[:, cols] >= 0).any(axis=1)
+            has_token = np.any(pos[:, cols] >= 0, axis=1)  # [B]
             logits = step if logits is None else np.where(has_token[:, None], step, logits)
+        assert logits is not None  # the prompt is not empty: at least one chunk ran
         return logits
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -248,6 +248,14 @@ def test_python_export_api_is_documented_and_in_all():
     assert "``num_cores`` (16): NSPs the experts are dealt over" in main_export.__doc__
 
 
+def test_the_package_imports_under_python_OO():
+    """python -OO strips docstrings: main_export's generated option list must not assume one."""
+    code = "import inspect, optimum_qaic_moe; print(list(inspect.signature(optimum_qaic_moe.main_export).parameters))"
+    proc = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "'model_name_or_path', 'output', " in proc.stdout and "'num_cores'" in proc.stdout
+
+
 def test_unsupported_model_type(tmp_path):
     model = tmp_path / "llama"
     model.mkdir()

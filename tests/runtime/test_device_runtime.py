@@ -134,6 +134,13 @@ def test_device_errors_are_one_clear_line(compiled, exports, qaicrt):
         CausalLMRunner(compiled["qwen3_moe"], device_ids=[0])
 
 
+def test_an_empty_prompt_is_one_clear_error(exports):
+    """A prompt of no tokens runs no prefill chunk, so there are no logits to return."""
+    runner = CausalLMRunner(exports["qwen3_moe"][0], low_memory=True)
+    with pytest.raises(UserError, match="empty prompt: input_ids has no tokens; give at least one token per row"):
+        runner.prefill(np.zeros((1, 0), dtype=np.int64))
+
+
 @pytest.mark.slow
 def test_left_padded_batch_on_the_card(tiny_dirs, tmp_path, monkeypatch):
     """Export and compile through from_pretrained(device="qaic"); two batches in a row, the second over the first

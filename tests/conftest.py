@@ -70,3 +70,11 @@ def checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("formats")
     return {key: write_checkpoint(mt, str(root / key), format=fmt, **kw) for key, (mt, fmt, kw) in FORMATS.items()}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that reads the shared CLI exports (four full exports, about a minute and a half together) belongs to
+    the slow tier, whatever its own cost: the fast tier (`pytest -m "not slow"`) must not pay for them."""
+    for item in items:
+        if "exports" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -8,10 +8,11 @@ the CPU.
 With ``scratch_dir``, the parameters are not held in anonymous memory: they are converted to float32 from the
 checkpoint (a block of rows at a time) into a scratch file in that directory and used as a memory map of it, so
 their pages are file-backed, which the kernel can write back and drop under pressure. One file holds embedding,
-norm and head; a second one decoder layer, rewritten for each layer. At Qwen3-30B-A3B's shapes that is 2.3 GiB and
-3.3 GiB that would otherwise be anonymous. The values still come from the checkpoint through the weight source,
-never from the export's own ``weights.data``: the reference stays independent of the export's weight layout
-(transposes, fused projections, the per-graph recipe of ``tensors.py``), which is part of what it checks.
+norm and head; a second one decoder layer, rewritten for each layer. At Qwen3-30B-A3B's shapes each is about
+2.3 GiB (a layer's experts are 2.25 GiB) that would otherwise be anonymous. The values still come from the
+checkpoint through the weight source, never from the export's own ``weights.data``: the reference stays
+independent of the export's weight layout (transposes, fused projections, the per-graph recipe of
+``tensors.py``), which is part of what it checks.
 """
 
 from __future__ import annotations

@@ -8,6 +8,18 @@ computes each op in fp32 and only the stored values are fp16, as on the card, wh
 precision. The custom ops (CtxScatter/CtxGather families, CustomRMSNorm) are device kernels: their outputs are
 rounded, their bodies are not.
 
+Where a weight is rounded matters for memory, not for the values. A node output is rounded where it is made; an
+input or weight (the decoder-layer functions round their own inputs) is rounded just before the first node that
+reads its values, and only for such nodes. Nodes that only move data (Slice, Gather, Reshape, ...) read it
+unrounded: their outputs are rounded, and rounding commutes with moving values, so the result is the same to the
+bit. This is what keeps the verification's memory bounded: the blocked prefill slices a few experts at a time and
+the decode graph gathers the routed ones, so only those are copied and rounded, never a layer's whole [E, ...]
+expert tensors (2.25 GiB fp32 per layer at Qwen3-30B-A3B's shapes), and the embedding is gathered row by row. A
+MatMul by a weight larger than ``SPLIT_BYTES`` (the LM head: 1.16 GiB fp32 at 30B-A3B's shapes) is computed in
+column blocks, each block sliced, rounded and multiplied in turn, then concatenated: the same products, at most
+one block's copy in memory. onnxruntime places each rounding just before its consumer (its default execution order
+visits a node's inputs when it first needs them), so a weight's rounded copy lives only while it is used.
+
 What it cannot model: the compiler's own fusions and op implementations (a fused op may keep an intermediate in
 higher precision, or compute a softmax or norm differently), accumulation order, MXFP6/MXINT8 formats.
 """
@@ -15,6 +27,28 @@ higher precision, or compute a softmax or norm differently), accumulation order,
 from __future__ import annotations
 
 from .layers import LAYER_DOMAIN
+
+SPLIT_BYTES = 64 << 20  # a MatMul by a larger weight runs in column blocks of at most this many fp32 bytes
+
+# Ops whose outputs are their inputs' values moved around (rounded again by ``_round_values``), or that read no
+# values at all: a source consumed only by these needs no rounding of its own.
+_MOVES_VALUES = {
+    "Concat",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Identity",
+    "Reshape",
+    "Slice",
+    "Split",
+    "Squeeze",
+    "Tile",
+    "Transpose",
+    "Unsqueeze",
+}
+_READS_NO_VALUES = {"Shape", "Size"}
 
 
 def emulate_fp16(src: str, dst: str) -> None:
@@ -25,40 +59,113 @@ def emulate_fp16(src: str, dst: str) -> None:
     from .external_data import save_graph
 
     model = ir.load(src)
-    _round_values(model.graph, list(model.graph.inputs) + list(model.graph.initializers.values()), top=True)
-    for function in model.functions.values():
-        if function.domain == LAYER_DOMAIN:
-            _round_values(function.graph, [], top=False)
+    functions = [f for f in model.functions.values() if f.domain == LAYER_DOMAIN]
+    for function in functions:  # function inputs carry no types: take them from a call
+        call = next((n for n in model.graph if n.domain == LAYER_DOMAIN and n.op_type == function.name), None)
+        for param, arg in zip(function.inputs, call.inputs if call is not None else []):
+            if param.type is None and arg is not None:
+                param.type = arg.type
+    _round_values(model.graph, list(model.graph.inputs) + list(model.graph.initializers.values()))
+    for function in functions:
+        _round_values(function.graph, list(function.inputs))
     save_graph(model, dst)
 
 
-def _round_values(graph, extra_values, top: bool) -> None:
+def _round_values(graph, sources) -> None:
+    """Round every float node output of ``graph`` where it is made, then every float source (graph or function
+    input, initializer) just before the first node that reads its values."""
+    for node in list(graph):
+        for value in node.outputs:
+            if _is_float(value) and (value.uses() or value.is_graph_output()):
+                _round_output(graph, node, value)
+    for value in sources:
+        if not _is_float(value):
+            continue
+        readers = [(user, index) for user, index in value.uses() if _reads_values(user)]
+        for user, index in list(readers):
+            if user.op_type == "MatMul" and user.domain == "" and index == 1 and _split_matmul(graph, user, value):
+                readers.remove((user, index))
+        if readers:
+            order = {id(node): i for i, node in enumerate(graph)}
+            to16, to32 = _cast_pair(value)
+            graph.insert_before(min((user for user, _ in readers), key=lambda n: order[id(n)]), [to16, to32])
+            for user, index in readers:
+                user.replace_input_with(index, to32.outputs[0])
+
+
+def _reads_values(node) -> bool:
+    """False for a node that needs its float input unrounded: a decoder-layer call (the function rounds its inputs
+    itself), an op that reads no values, and an op that only moves values into float outputs (rounded in turn)."""
+    if node.domain == LAYER_DOMAIN:
+        return False
+    if node.domain != "":
+        return True
+    if node.op_type in _READS_NO_VALUES:
+        return False
+    return not (node.op_type in _MOVES_VALUES and all(_is_float(o) for o in node.outputs))
+
+
+def _cast_pair(value):
     import onnx_ir as ir
 
-    values = [v for v in extra_values if _is_float(v)]
-    for node in list(graph):
-        values += [v for v in node.outputs if _is_float(v)]
-    for value in values:
-        if not value.uses() and not value.is_graph_output():
-            continue
-        to16 = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT16})
-        to32 = ir.node("Cast", [to16.outputs[0]], attributes={"to": ir.DataType.FLOAT})
-        to32.outputs[0].type, to32.outputs[0].shape = value.type, value.shape
-        producer = value.producer()
-        if producer is None:  # a graph input or an initializer: round before the first node
-            graph.insert_before(graph.node(0), [to16, to32])
-        else:
-            graph.insert_after(producer, [to16, to32])
-        for user, index in list(value.uses()):
-            if user is not to16:
-                user.replace_input_with(index, to32.outputs[0])
-        if value.is_graph_output():
-            outputs = graph.outputs
-            position = list(outputs).index(value)
-            name = value.name
-            value.name = f"{name}__fp32"
-            to32.outputs[0].name = name
-            outputs[position] = to32.outputs[0]
+    to16 = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT16})
+    to32 = ir.node("Cast", [to16.outputs[0]], attributes={"to": ir.DataType.FLOAT})
+    to32.outputs[0].type, to32.outputs[0].shape = value.type, value.shape
+    return to16, to32
+
+
+def _round_output(graph, producer, value) -> None:
+    to16, to32 = _cast_pair(value)
+    graph.insert_after(producer, [to16, to32])
+    for user, index in list(value.uses()):
+        if user is not to16:
+            user.replace_input_with(index, to32.outputs[0])
+    if value.is_graph_output():
+        outputs = graph.outputs
+        position = list(outputs).index(value)
+        name = value.name
+        value.name = f"{name}__fp32"
+        to32.outputs[0].name = name
+        outputs[position] = to32.outputs[0]
+
+
+def _split_matmul(graph, matmul, weight) -> bool:
+    """Replace ``matmul`` (x @ weight, weight a 2-D initializer over SPLIT_BYTES) by column blocks of the weight,
+    each sliced, rounded and multiplied, then concatenated. False (nothing changed) when it does not apply."""
+    import numpy as np
+    import onnx_ir as ir
+
+    tensor = weight.const_value
+    shape = tuple(tensor.shape) if tensor is not None else ()
+    out = matmul.outputs[0]
+    if len(shape) != 2 or not all(isinstance(d, int) for d in shape) or out.is_graph_output():
+        return False
+    rows, cols = shape
+    if rows * cols * 4 <= SPLIT_BYTES:
+        return False
+    block = max(1, SPLIT_BYTES // (4 * rows))
+
+    def const(v):
+        return ir.node("Constant", [], attributes={"value": ir.tensor(np.array([v], dtype=np.int64))})
+
+    nodes, products = [], []
+    axis = const(1)
+    nodes.append(axis)
+    for start in range(0, cols, block):
+        begin, end = const(start), const(min(start + block, cols))
+        piece = ir.node("Slice", [weight, begin.outputs[0], end.outputs[0], axis.outputs[0]])
+        piece.outputs[0].type = weight.type
+        to16, to32 = _cast_pair(piece.outputs[0])
+        product = ir.node("MatMul", [matmul.inputs[0], to32.outputs[0]])
+        product.outputs[0].type = out.type
+        nodes += [begin, end, piece, to16, to32, product]
+        products.append(product.outputs[0])
+    concat = ir.node("Concat", products, attributes={"axis": -1})
+    concat.outputs[0].type, concat.outputs[0].shape = out.type, out.shape
+    graph.insert_before(matmul, [*nodes, concat])
+    out.replace_all_uses_with(concat.outputs[0])
+    graph.remove(matmul, safe=True)
+    return True
 
 
 def _is_float(value) -> bool:

@@ -87,9 +87,11 @@ def verify_export(export_dir: str, model, source, settings: ExportSettings) -> d
 
     full = np.concatenate([prompt] + [t[:, None] for t in fp32.tokens], axis=1) if fp32.tokens else prompt
     arch = get_architectures()[model.config.model_type]
-    ref = reference_logits(model, arch, source.read, full)  # [B, n + steps, V]
+    # the logits after the prompt and after each decode step: the last steps + 1 positions; the weights in
+    # memory-mapped scratch files next to the export (file-backed pages, see reference.py)
+    ref = reference_logits(model, arch, source.read, full, last=steps + 1, scratch_dir=export_dir)
     n = prompt.shape[1]
-    ref_steps = [ref[:, n - 1 + s] for s in range(steps + 1)]
+    ref_steps = [ref[:, s] for s in range(steps + 1)]
     worst = max(relative(g, r) for g, r in zip(fp32.logits, ref_steps))
     finite = all(np.isfinite(x).all() for x in fp16.logits)
     worst16 = max(relative(a, b) for a, b in zip(fp16.logits, fp32.logits)) if finite else float("inf")

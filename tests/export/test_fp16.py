@@ -108,3 +108,51 @@ def test_garbage_in_empty_cache_slots_does_not_reach_valid_rows(exports):
         np.testing.assert_array_equal(dirty, clean)
         nxt = clean.argmax(-1)
         assert np.isfinite(runner.decode(nxt, np.array([prompt.shape[1]]))).all(), arch
+
+
+def _fp16_logits(out, prompt, tokens):
+    meta_graphs = [g for g in ("prefill", "decode") if os.path.exists(os.path.join(out, f"{g}.onnx"))]
+    files = {g: os.path.join(out, f"{g}.fp16.onnx") for g in meta_graphs}
+    for g, path in files.items():
+        emulate_fp16(os.path.join(out, f"{g}.onnx"), path)
+    run = run_graphs(CausalLMRunner(str(out), low_memory=True, graph_files=files), prompt, len(tokens), tokens)
+    for path in files.values():
+        os.remove(path)
+    return run.logits
+
+
+def test_weights_are_rounded_where_they_are_read(exports, tmp_path, monkeypatch):
+    """The emulation rounds a weight only where its values are read (data movement such as the experts' Slice and
+    Gather reads it unrounded, its output rounded): the same logits, to the bit, as an export whose weights.data
+    already holds fp16 values; a MatMul by a large weight split into column blocks changes nothing either; and no
+    Cast reads a whole [E, ...] expert tensor."""
+    import shutil
+
+    import onnx_ir as ir
+
+    from optimum_qaic_moe.exporters import fp16
+
+    prompt = np.arange(3, 16)[None]
+    tokens = [np.array([5]), np.array([7])]
+    for arch, (out, _) in exports.items():
+        rounded = tmp_path / arch
+        shutil.copytree(out, rounded)
+        data = np.memmap(rounded / "weights.data", dtype=np.float32, mode="r+")
+        data[:] = data.astype(np.float16).astype(np.float32)
+        data.flush()
+        del data
+        plain = _fp16_logits(out, prompt, tokens)
+        for a, b in zip(plain, _fp16_logits(rounded, prompt, tokens)):
+            np.testing.assert_array_equal(a, b, err_msg=arch)
+        monkeypatch.setattr(fp16, "SPLIT_BYTES", 256)  # every MatMul by a weight runs in column blocks
+        for a, b in zip(plain, _fp16_logits(out, prompt, tokens)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=arch)
+        monkeypatch.undo()
+
+        emulate_fp16(os.path.join(out, "prefill.onnx"), str(tmp_path / f"{arch}-prefill.fp16.onnx"))
+        model = ir.load(str(tmp_path / f"{arch}-prefill.fp16.onnx"))
+        for function in model.functions.values():
+            for value in function.inputs:
+                if "experts" in value.name:
+                    readers = {user.op_type for user, _ in value.uses()}
+                    assert readers and "Cast" not in readers, (arch, value.name, readers)

@@ -50,6 +50,39 @@ _MOVES_VALUES = {
 }
 _READS_NO_VALUES = {"Shape", "Size"}
 
+# Element types of the outputs of ops in decoder-layer functions, where the exporter leaves many values untyped (a
+# function body has no value_info): without a type a value would escape rounding. Ops not listed keep no type.
+_SAME_AS_FIRST_INPUT = _MOVES_VALUES | {
+    "Abs",
+    "Add",
+    "Clip",
+    "CumSum",
+    "Div",
+    "Erf",
+    "Exp",
+    "Log",
+    "MatMul",
+    "Max",
+    "Min",
+    "Mul",
+    "Neg",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "Relu",
+    "Sigmoid",
+    "Softmax",
+    "Sqrt",
+    "Sub",
+    "Tanh",
+}
+_BOOLEAN = {"And", "Equal", "Greater", "GreaterOrEqual", "IsInf", "IsNaN", "Less", "LessOrEqual", "Not", "Or", "Xor"}
+_INT64 = {"ArgMax", "ArgMin", "NonZero", "Shape", "Size"}
+
 
 def emulate_fp16(src: str, dst: str) -> None:
     """Write the fp16-emulating copy of the graph at ``src`` to ``dst`` (same directory: the weights stay in the
@@ -67,6 +100,7 @@ def emulate_fp16(src: str, dst: str) -> None:
                 param.type = arg.type
     _round_values(model.graph, list(model.graph.inputs) + list(model.graph.initializers.values()))
     for function in functions:
+        _infer_element_types(function.graph)
         _round_values(function.graph, list(function.inputs))
     save_graph(model, dst)
 
@@ -91,6 +125,45 @@ def _round_values(graph, sources) -> None:
             graph.insert_before(min((user for user, _ in readers), key=lambda n: order[id(n)]), [to16, to32])
             for user, index in readers:
                 user.replace_input_with(index, to32.outputs[0])
+
+
+def _infer_element_types(graph) -> None:
+    """Give every untyped tensor output of a standard op the element type it must have (shapes stay unknown)."""
+    import onnx_ir as ir
+
+    def dtype_of(value):
+        return getattr(value.type, "dtype", None) if value is not None and value.type is not None else None
+
+    for node in graph:
+        if node.domain != "":
+            continue
+        op, attrs = node.op_type, node.attributes
+        if op == "Constant":
+            tensor = attrs["value"].value if "value" in attrs else None
+            kinds = {
+                "value_float": ir.DataType.FLOAT,
+                "value_floats": ir.DataType.FLOAT,
+                "value_int": ir.DataType.INT64,
+                "value_ints": ir.DataType.INT64,
+            }
+            dtype = tensor.dtype if tensor is not None else next((kinds.get(k) for k in attrs), None)
+        elif op == "Cast":
+            dtype = ir.DataType(attrs["to"].value)
+        elif op == "CastLike":
+            dtype = dtype_of(node.inputs[1])
+        elif op == "Where":
+            dtype = dtype_of(node.inputs[1])
+        elif op in _BOOLEAN:
+            dtype = ir.DataType.BOOL
+        elif op in _INT64:
+            dtype = ir.DataType.INT64
+        elif op in _SAME_AS_FIRST_INPUT or op == "TopK":
+            dtype = dtype_of(node.inputs[0])
+        else:
+            continue
+        for index, value in enumerate(node.outputs):
+            if value.type is None and dtype is not None:
+                value.type = ir.TensorType(ir.DataType.INT64 if op == "TopK" and index == 1 else dtype)
 
 
 def _reads_values(node) -> bool:

@@ -156,3 +156,42 @@ def test_weights_are_rounded_where_they_are_read(exports, tmp_path, monkeypatch)
                 if "experts" in value.name:
                     readers = {user.op_type for user, _ in value.uses()}
                     assert readers and "Cast" not in readers, (arch, value.name, readers)
+
+
+def test_every_float_value_inside_the_layer_functions_is_rounded(exports, tmp_path):
+    """Function bodies come from the exporter with many values untyped (no value_info); the emulation gives them
+    their element types first, so no float value a decoder layer computes escapes rounding: every float node
+    output in a layer function is read only by its Cast to fp16."""
+    import onnx_ir as ir
+
+    from optimum_qaic_moe.exporters.layers import LAYER_DOMAIN
+
+    for arch, (out, _) in exports.items():
+        for graph in ("prefill", "decode"):
+            path = tmp_path / f"{arch}-{graph}.fp16.onnx"
+            emulate_fp16(os.path.join(out, f"{graph}.onnx"), str(path))
+            for function in ir.load(str(path)).functions.values():
+                if function.domain != LAYER_DOMAIN:
+                    continue
+                for node in function.graph:
+                    to = node.attributes["to"].value if node.op_type == "Cast" else None
+                    source = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+                    to16 = to == ir.DataType.FLOAT16
+                    is_rounding = to16 or (
+                        to == ir.DataType.FLOAT
+                        and source is not None
+                        and source.op_type == "Cast"
+                        and source.attributes["to"].value == ir.DataType.FLOAT16
+                    )
+                    for value in node.outputs:
+                        dtype = getattr(value.type, "dtype", None)
+                        if node.op_type == "SplitToSequence" or to16:
+                            continue  # a sequence; the fp16 half of a rounding pair
+                        assert value.type is not None, (arch, graph, node.op_type, value.name)
+                        if dtype != ir.DataType.FLOAT or not value.uses() or is_rounding:
+                            continue
+                        readers = {
+                            (u.op_type, u.attributes["to"].value if u.op_type == "Cast" else None)
+                            for u, _ in value.uses()
+                        }
+                        assert readers == {("Cast", ir.DataType.FLOAT16)}, (arch, graph, node.op_type, readers)

@@ -62,7 +62,7 @@ class _Store:
             os.close(fd)
 
     def load(self, entries) -> dict[int, torch.Tensor]:
-        unique = {}
+        unique: dict[int, tuple[str, torch.Tensor]] = {}
         for module, name, full in entries:
             unique.setdefault(id(module._parameters[name]), (full, module._parameters[name]))
         if self.path is None:

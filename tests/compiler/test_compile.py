@@ -261,7 +261,7 @@ def test_interrupt_during_compile_keeps_the_export_and_leaves_no_work_dir(tmp_pa
     _run_until(proc, "prefill: stand-in qaic-compile: waiting", seen)
     proc.send_signal(signal.SIGINT)  # to the CLI only, as `kill -INT` would
     rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, rest
     last = rest.strip().splitlines()[-1]
     out = tmp_path / "out"
     assert last == (

@@ -74,7 +74,7 @@ def test_overwrite_keeps_files_of_other_names_and_reexport_keeps_them(tiny_dirs,
     assert files["prefill/notes.txt"] == b"notes" and files["decode/data.csv"] == b"1,2"
     assert b"mine" not in files["config.json"]  # consented: ours replaced the file of the same name
     meta = json.loads(files["qaic_config.json"])
-    assert "prefill/notes.txt" not in meta["files"] and "prefill/model.onnx" in meta["files"]
+    assert "prefill/notes.txt" not in meta["files"] and "prefill.onnx" in meta["files"]
 
     (project / "prefill" / "more.txt").write_text("added after the export")
     proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], *SMALL, "--prefill-only", project)
@@ -82,7 +82,7 @@ def test_overwrite_keeps_files_of_other_names_and_reexport_keeps_them(tiny_dirs,
     files = tree(project)
     assert files["prefill/notes.txt"] == b"notes" and files["prefill/more.txt"] == b"added after the export"
     assert files["decode/data.csv"] == b"1,2"
-    assert "decode/model.onnx" not in files  # the new export has no decode graph: the old one is gone
+    assert "decode.onnx" not in files and "decode/specializations.json" not in files  # no decode graph: old one gone
     assert json.loads(files["qaic_config.json"])["graphs"] == ["prefill"]
 
 
@@ -213,7 +213,7 @@ def test_output_that_is_a_mount_point(tiny_dirs, tmp_path, mount):
         proc = optimum_cli("export", "qaic", "--model", tiny_dirs["qwen3_moe"], *SMALL, *extra, out)
         assert proc.returncode == 0, proc.stderr
     files = tree(out)
-    assert "tokenizer.json" in files and "prefill/model.onnx" in files and "decode/model.onnx" not in files
+    assert "tokenizer.json" in files and "prefill.onnx" in files and "decode.onnx" not in files
     assert sorted(os.listdir(out)) == sorted({p.split(os.sep)[0] for p in files})  # no staging left inside
 
 

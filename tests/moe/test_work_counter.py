@@ -81,8 +81,8 @@ def test_counter_matches_the_exported_graphs(tmp_path, tiny_dirs, exports):
     E, k, layers = c.num_experts, c.num_experts_per_tok, c.num_hidden_layers
     per_expert = 3 * c.hidden_size * c.moe_intermediate_size
     graphs = {
-        ("blocked", 4, 5, 8): os.path.join(exports["qwen3_moe"][0], "prefill", "model.onnx"),
-        ("gathered", 4, 1, 1): os.path.join(exports["qwen3_moe"][0], "decode", "model.onnx"),
+        ("blocked", 4, 5, 8): os.path.join(exports["qwen3_moe"][0], "prefill.onnx"),
+        ("gathered", 4, 1, 1): os.path.join(exports["qwen3_moe"][0], "decode.onnx"),
     }
     for dispatch, chunk in (("grouped", 3), ("loop", 5)):
         out = tmp_path / dispatch
@@ -108,7 +108,7 @@ def test_counter_matches_the_exported_graphs(tmp_path, tiny_dirs, exports):
             out,
             check=True,
         )
-        graphs[(dispatch, 4, chunk, 8)] = str(out / "prefill" / "model.onnx")
+        graphs[(dispatch, 4, chunk, 8)] = str(out / "prefill.onnx")
     for (dispatch, cores, chunk, tokens), path in graphs.items():
         rows, loads = expert_work(dispatch, tokens, k, E, cores, chunk)
         work = graph_expert_work(path)

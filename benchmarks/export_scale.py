@@ -48,18 +48,18 @@ weights). At 6 layers of full size QEfficient would need ~50 GiB: leave qeff out
 Setting up QEfficient PR #935 (once, outside this repository; its code is never part of it). The fork is
 vbaddi/efficient-transformers at commit d9fb1f9; with a clone of it in ./efficient-transformers:
 
-    git -C efficient-transformers archive d9fb1f9 | (mkdir -p /work/qeff-pr935 && tar -x -C /work/qeff-pr935)
-    python3 -m venv /work/venv-qeff && . /work/venv-qeff/bin/activate && pip install --upgrade pip
+    git -C efficient-transformers archive d9fb1f9 | (mkdir -p qeff-pr935 && tar -x -C qeff-pr935)
+    python3 -m venv venv-qeff && . venv-qeff/bin/activate && pip install --upgrade pip
     pip install torch==2.13.0                                 # the CPU build, first
     python - <<'EOF' > /tmp/qeff-reqs.txt                     # its pinned dependencies, less torch/torchvision
-    import tomllib; deps = tomllib.load(open("/work/qeff-pr935/pyproject.toml", "rb"))["project"]["dependencies"]
+    import tomllib; deps = tomllib.load(open("qeff-pr935/pyproject.toml", "rb"))["project"]["dependencies"]
     print("\\n".join(d for d in deps if not d.startswith(("torch==", "torch@", "torchvision", "compressed-tensors"))))
     EOF
     pip install -r /tmp/qeff-reqs.txt pydantic loguru torch==2.13.0   # torch pinned: never a CUDA build
     pip install --no-deps compressed-tensors==0.15.0          # it pins torch<2.11; its code imports fine on 2.13
-    pip install --no-deps -e /work/qeff-pr935
+    pip install --no-deps -e qeff-pr935
 
-then pass ``--qeff-python /work/venv-qeff/bin/python`` (the default when it exists).
+then pass ``--qeff-python venv-qeff/bin/python --qeff-src qeff-pr935``.
 """
 
 import argparse
@@ -86,7 +86,6 @@ KINDS = {
     "ours-prefill": "ours, prefill graph only, no verification",
     "qeff": "QEfficient PR #935, prefill only",
 }
-DEFAULT_QEFF_PYTHON = "/work/venv-qeff/bin/python"
 
 # The QEfficient child: force the TorchScript exporter, then the PR's prefill-only blocked export.
 QEFF_CHILD = """
@@ -549,8 +548,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--python", default=sys.executable, help="the Python of the venv with optimum-qaic-moe (default: this one)"
     )
-    parser.add_argument("--qeff-python", default=DEFAULT_QEFF_PYTHON, help="the Python of QEfficient's venv")
-    parser.add_argument("--qeff-src", default="/work/qeff-pr935", help="the checkout of QEfficient PR #935")
+    parser.add_argument("--qeff-python", default=None, help="the Python of QEfficient's venv (needed for the qeff run)")
+    parser.add_argument("--qeff-src", default=None, help="the checkout of QEfficient PR #935 (needed for the qeff run)")
     parser.add_argument(
         "--workdir", default=None, help="where checkpoints, exports and logs go (default: a new temporary directory)"
     )
@@ -563,6 +562,8 @@ def parse_args(argv=None):
     unknown = [k for k in args.runs if k not in KINDS]
     if unknown:
         parser.error(f"unknown --runs {unknown}: choose from {', '.join(KINDS)}")
+    if "qeff" in args.runs and not (args.qeff_python and args.qeff_src):
+        parser.error("the qeff run needs --qeff-python and --qeff-src (see --help), or leave qeff out of --runs")
     if "qeff" in args.runs and not os.path.isfile(args.qeff_python):
         parser.error(
             f"--qeff-python {args.qeff_python} not found: set up QEfficient's venv as the docstring "

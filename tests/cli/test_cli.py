@@ -95,8 +95,10 @@ def test_cli_registration_imports_no_heavy_module():
     assert out.strip() == "[]"
 
 
-def test_help_runs_without_heavy_imports():
-    """The real `optimum-cli export qaic --help` code path, in-process, then the list of what it imported."""
+def test_help_runs_without_heavy_imports(tmp_path):
+    """The real `optimum-cli export qaic --help` code path, in-process, then the list of what it imported. Run
+    outside the source tree: `python -c` puts the working directory on sys.path, and this tree's own
+    optimum/commands/register beside the installed one would register `qaic` twice."""
     code = (
         "import sys\nfrom optimum.commands.optimum_cli import main\n"
         "sys.argv = ['optimum-cli', 'export', 'qaic', '--help']\n"
@@ -104,7 +106,7 @@ def test_help_runs_without_heavy_imports():
         "print(sorted(m for m in ('torch', 'onnx', 'transformers', 'onnxruntime') if m in sys.modules), "
         "file=sys.stderr)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert "--num-cores" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1] == "[]"
 

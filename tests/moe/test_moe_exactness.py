@@ -161,6 +161,8 @@ def test_gathered_exported(block, tmp_path):
 def test_expert_weights_are_views_not_copies(block):
     """The rewritten block holds the transformers storage: no second copy of the expert weights."""
     arch, model, hf = block
+    if isinstance(getattr(hf, "experts", None), torch.nn.ModuleList):
+        pytest.skip("transformers 4.x keeps one module per expert: they are stacked once into [E, ...] tensors")
     qblock = arch.moe_block(hf, model.config, MoEDispatchConfig("blocked", 4, 7))
     expert_bytes = {p.untyped_storage().data_ptr() for p in qblock.experts.parameters()}
     hf_bytes = {p.untyped_storage().data_ptr() for p in hf.parameters()}

@@ -9,6 +9,7 @@ import pytest
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, expected_lines", [("qwen3_moe_generate.py", 1), ("gpt_oss_generate.py", 2)])
 def test_example_generates_text(tmp_path, script, expected_lines):
     proc = subprocess.run(

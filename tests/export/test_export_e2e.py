@@ -193,6 +193,7 @@ def test_chunked_prefill_and_greedy_decode_match_transformers(exported):
     assert tokens == ref[0, n:].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, graphs", [("--prefill-only", ["prefill"]), ("--decode-only", ["decode"])])
 def test_single_graph_exports(tmp_path, tiny_dirs, flag, graphs):
     out = tmp_path / "out"
@@ -219,6 +220,7 @@ def test_single_graph_exports(tmp_path, tiny_dirs, flag, graphs):
     assert "[qaic] verify:" in proc.stderr  # verification runs on whichever graph exists
 
 
+@pytest.mark.slow
 def test_mxint8_kv_cache_precision(tmp_path, tiny_dirs):
     out = tmp_path / "out"
     proc = optimum_cli(
@@ -243,6 +245,7 @@ def test_mxint8_kv_cache_precision(tmp_path, tiny_dirs):
     assert "[qaic] verify:" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unloadable_checkpoint_leaves_no_artifacts(tmp_path, tiny_dirs):
     model = tmp_path / "broken"
     model.mkdir()

@@ -217,6 +217,7 @@ def test_output_that_is_a_mount_point(tiny_dirs, tmp_path, mount):
     assert sorted(os.listdir(out)) == sorted({p.split(os.sep)[0] for p in files})  # no staging left inside
 
 
+@pytest.mark.slow
 def test_disk_full_and_read_only_are_one_line(tiny_dirs, tmp_path, mount):
     full = mount(tmp_path / "full", "size=256k")
     line = error_line(

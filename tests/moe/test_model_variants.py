@@ -56,6 +56,7 @@ def run_chunked(qaic, config, ids, prefill, decode_steps, hf):
     return worst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, overrides", VARIANTS, ids=lambda v: str(v))
 def test_variant_matches_transformers(arch, overrides):
     hf = tiny_model(arch, **overrides)

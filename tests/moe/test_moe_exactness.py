@@ -45,6 +45,7 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+@pytest.mark.slow
 def test_blocked_grid_eager(block):
     arch, model, hf = block
     torch.manual_seed(0)
@@ -108,6 +109,7 @@ EXPORT_CASES = [  # (batch, seq, cores, chunk)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", EXPORT_CASES, ids=lambda c: "B{}-S{}-N{}-C{}".format(*c))
 def test_blocked_exported(block, tmp_path, case):
     arch, model, hf = block
@@ -137,6 +139,7 @@ GROUPED_EXPORT_CASES = [  # (batch, seq, tile rows)
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GROUPED_EXPORT_CASES, ids=lambda c: "B{}-S{}-C{}".format(*c))
 def test_grouped_exported(block, tmp_path, case):
     arch, model, hf = block

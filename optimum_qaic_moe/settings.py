@@ -70,7 +70,7 @@ class ExportSettings:
         short="-m",
         metavar="MODEL",
         group="model",
-        help="checkpoint directory or Hub model id (Qwen3-MoE, GPT-OSS)",
+        help="checkpoint directory or Hub model id (Qwen3-MoE, GPT-OSS, Mixtral, Qwen2-MoE, or a plugin's)",
     )
     output: str = option(
         "", positional=True, record=False, metavar="OUTPUT", group="model", help="directory to write the export to"

@@ -21,7 +21,8 @@ OPTION_NAMES = tuple(f.name for f in dataclasses.fields(ExportSettings) if f.nam
 
 
 def main_export(model_name_or_path: str, output: str, **options) -> str:
-    """Export a Qwen3-MoE or GPT-OSS checkpoint to QAIC artifacts in ``output``; returns the output directory.
+    """Export a MoE checkpoint (Qwen3-MoE, GPT-OSS, Mixtral, Qwen2-MoE) to QAIC artifacts in ``output``; returns
+    the output directory.
 
     ``model_name_or_path``: a local checkpoint directory or a Hugging Face Hub model id. The export is verified
     in onnxruntime against transformers (unless ``verify=False``) and compiled when a QAIC compiler is found

@@ -16,10 +16,10 @@ from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 from .settings import GROUPS, ExportSettings, argparse_spec, fields_by_group
 
 DESCRIPTION = """\
-Export a Qwen3-MoE or GPT-OSS checkpoint to Qualcomm Cloud AI 100: ONNX graphs with the QAIC custom ops (a prefill
-graph with the expert-blocked, NSP-parallel MoE, and a decode graph), the compiler inputs, and the compiled
-program when qaic-compile is installed (else compile.sh). The graphs are checked in onnxruntime against
-transformers before anything is written to OUTPUT."""
+Export a Mixture-of-Experts checkpoint (Qwen3-MoE, GPT-OSS, Mixtral, Qwen2-MoE) to Qualcomm Cloud AI 100: ONNX
+graphs with the QAIC custom ops (a prefill graph with the expert-blocked, NSP-parallel MoE, and a decode graph), the
+compiler inputs, and the compiled program when qaic-compile is installed (else compile.sh). The graphs are checked
+in onnxruntime against transformers before anything is written to OUTPUT."""
 
 EPILOG = """\
 examples:
@@ -99,7 +99,9 @@ def fail(message: str, status: int = 2):
 
 
 class QAICExportCommand(BaseOptimumCLICommand):
-    COMMAND = CommandInfo(name="qaic", help="Export a Qwen3-MoE or GPT-OSS checkpoint to Qualcomm Cloud AI 100.")
+    COMMAND = CommandInfo(
+        name="qaic", help="Export a MoE checkpoint (Qwen3-MoE, GPT-OSS, Mixtral, Qwen2-MoE) to Qualcomm Cloud AI 100."
+    )
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:

@@ -63,7 +63,10 @@ def test_help_is_grouped_one_line_per_option_with_description_and_example():
     proc = optimum_cli("export", "qaic", "--help", env={"COLUMNS": "120"})
     out = proc.stdout
     assert out.startswith("usage: optimum-cli export qaic --model MODEL [options] OUTPUT")
-    assert "Export a Qwen3-MoE or GPT-OSS checkpoint to Qualcomm Cloud AI 100" in out
+    assert (
+        "Export a Mixture-of-Experts checkpoint (Qwen3-MoE, GPT-OSS, Mixtral, Qwen2-MoE) to Qualcomm Cloud AI 100"
+        in out
+    )
     assert "examples:\n  optimum-cli export qaic --model Qwen/Qwen3-30B-A3B" in out
     positions = [out.index("\n" + title + "\n") for title in GROUPS]
     assert positions == sorted(positions)  # the sections, in this order

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..logging import Steps, info, stage
 from ..settings import ExportSettings, UserError
-from ..sources import read_model_config, resolve_model_dir, save_tokenizer
+from ..sources import EXPERT_COUNT_FIELDS, read_model_config, resolve_model_dir, save_tokenizer
 from . import publish
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def check_graph_size(config, settings: ExportSettings) -> None:
             f"{MAX_ATTENTION_BYTES >> 30} GiB limit: lower --prefill-seq-len (a long prompt runs as "
             "several prefill calls) or --ctx-len"
         )
-    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    experts = next((getattr(config, n) for n in EXPERT_COUNT_FIELDS if getattr(config, n, None)), None)
     chunk = settings.moe_prefill_packed_chunk_size
     if "prefill" in settings.graphs and settings.moe_prefill_dispatch == "blocked" and experts and chunk != "auto":
         plan = BlockedPlan.make(int(experts), settings.num_cores, chunk, tokens)

@@ -25,7 +25,8 @@ file-backed memory (RssFile: mapped checkpoint and weight-file pages, which the 
 pressure), each the peak of the sum over the child's whole process tree, sampled from /proc/<pid>/status
 ``--samples-per-second`` times a second; the kernel's own peak RSS of the largest single process (ru_maxrss,
 exact, a check on the sampling); and the export directory's size on disk (allocated blocks, a file with several
-hard links counted once) against the fp32 weight bytes. ``--repeat N`` runs every export N times, interleaved,
+hard links counted once) against the fp32 weight bytes. Before each run the page cache is synced (``os.sync``),
+so no run pays for the writeback of the checkpoint or of an earlier run. ``--repeat N`` runs every export N times, interleaved,
 and prints medians. ``--stages`` adds, for our exports, the peak memory and the time of each stage the CLI
 prints (``[qaic] <stage> ...``).
 
@@ -352,6 +353,10 @@ def measure_layers(layers: int, args, root: str) -> dict:
         for kind in args.runs:
             out = os.path.join(root, f"export-{kind}-{layers}")
             log = os.path.join(root, f"{kind}-{layers}-{rep}.log")
+            # Every run starts with nothing dirty in the page cache: otherwise the first run pays for the writeback
+            # of the checkpoint just written and each later one for whatever its predecessor left (the kernel
+            # throttles a writer once a few GiB are dirty, and every export here writes ~7 GiB).
+            os.sync()
             result = run_measured(
                 export_command(kind, model_dir, out, args), log, 1 / args.samples_per_second, child_env(kind, args)
             )

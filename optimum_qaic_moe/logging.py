@@ -88,6 +88,11 @@ def warning(message: str) -> None:
     get_logger().warning(message)
 
 
+def size(nbytes: int) -> str:
+    """``1.50 GiB``, ``12.3 MiB``: a byte count as people read it in a log line."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 @contextmanager
 def stage(name: str):
     """``name ...`` when the step starts and ``name: done in T s`` when it ends, at INFO."""

@@ -18,7 +18,7 @@ import platform
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..logging import Steps, info, stage
+from ..logging import Steps, info, size, stage
 from ..settings import ExportSettings, UserError
 from ..sources import EXPERT_COUNT_FIELDS, read_model_config, resolve_model_dir, save_tokenizer
 from . import publish
@@ -113,12 +113,19 @@ def rope_positions(config, settings: ExportSettings) -> int:
     return max(int(getattr(config, "max_position_embeddings", 0) or 0), max(settings.ctx_lens))
 
 
-def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, progress):
-    """Trace one graph on the meta device; returns (TracedGraph, own data of computed parameters, windows)."""
-    from .layers import move_data_off, trace
+def build_graph(arch, model, settings: ExportSettings, spec: GraphSpec):
+    """The graph module of ``spec`` on the meta device; returns it and the data of its computed parameters (RoPE
+    tables), which ``layers.move_data_off`` took off it for tracing."""
+    from .layers import move_data_off
 
     graph = arch.graph_module(model, spec.dispatch, rope_positions(model.config, settings))
-    own = move_data_off(graph)
+    return graph, move_data_off(graph)
+
+
+def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, graph, progress):
+    """Trace one graph module (from ``build_graph``) on the meta device; returns (TracedGraph, windows)."""
+    from .layers import trace
+
     export_config = arch.export_config(model.config, task=settings.task)
     ctx = max(settings.ctx_lens)
     lengths = arch.cache_lengths(model, ctx)
@@ -129,7 +136,7 @@ def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, progress
     from .onnx_export import apply_io_names
 
     apply_io_names(traced.model, export_config.input_names(), export_config.output_names())
-    return traced, own, rings
+    return traced, rings
 
 
 # What one traced graph may ask for, beyond which tracing and onnxruntime would run for minutes and grow without
@@ -254,8 +261,9 @@ def run_export(settings: ExportSettings) -> str:
 
 def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, backend):
     from .. import compiler
+    from ..logging import progress
     from ..tensors import WeightWriter
-    from .external_data import save_graph, write_weights
+    from .external_data import lay_out, point_graphs, save_graph, write_in_background
     from .onnx_export import check_onnx
 
     config = load_config(model_dir, settings.trust_remote_code)
@@ -265,19 +273,24 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     window = sliding_window(arch, model)
     plan = graph_plan(settings)
-    traced, own = [], {}
+    modules = [build_graph(arch, model, settings, spec) for spec in plan]
+    own = {key: data for _, graph_own in modules for key, data in graph_own.items()}
+    weights = lay_out(graph for graph, _ in modules)
     kinds = {arch.layer_kind(model, i) for i in range(len(arch.decoder_layers(model)))}
-    for spec in plan:
-        with (
-            stage(f"trace the {spec.name} graph ({describe(spec, settings)})"),
-            Steps(total=1 + len(kinds), desc=spec.name) as steps,
-        ):  # the top-level graph, one layer per kind
-            graph, graph_own, _ = trace_graph(arch, model, settings, spec, steps)
-        traced.append(graph)
-        own.update(graph_own)
-    with stage("write the weights (once, shared by the graphs)"):
-        size = write_weights(staging, traced, WeightWriter(names, source.read, own))
-        info(f"  {size / 2**20:.1f} MiB in weights.data")
+    traced = []
+    info(f"write the weights ({size(weights.size)} in weights.data, shared by the graphs) while tracing")
+    with write_in_background(staging, weights, WeightWriter(names, source.read, own)) as writing:
+        for spec, (graph, _) in zip(plan, modules):
+            with (
+                stage(f"trace the {spec.name} graph ({describe(spec, settings)})"),
+                Steps(total=1 + len(kinds), desc=spec.name) as steps,
+            ):  # the top-level graph, one layer per kind
+                traced.append(trace_graph(arch, model, settings, spec, graph, steps)[0])
+        with stage("finish writing the weights"):
+            bar = progress(total=weights.size >> 20, desc="weights", unit="MiB")
+            writing.wait(lambda done: bar.update((done >> 20) - bar.n))
+            bar.close()
+    point_graphs(traced, [graph for graph, _ in modules], weights)
     export_config = arch.export_config(config, task=settings.task)
     for spec, graph in zip(plan, traced):
         path = graph_file(staging, spec.name)
@@ -290,7 +303,7 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
             os.path.join(side, "specializations.json"), settings.batch_size, settings.ctx_lens, window, spec.decode
         )
         export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
-    del traced, own
+    del traced, own, modules, weights
     write_model_files(config, model_dir, staging, settings.trust_remote_code)
     commands = compiler.write_compile_files(staging, settings, backend)
     write_qaic_config(staging, settings, config, model_dir, window)

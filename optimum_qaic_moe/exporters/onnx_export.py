@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..logging import size
 from ..settings import QAICError
 
 __all__ = ["ExportCheckError", "export_onnx", "check_onnx", "EXTERNAL_DATA_THRESHOLD"]
@@ -366,8 +367,7 @@ def export_onnx(
         tmp_model = tmpdir / output_path.name
         if progress:
             nbytes = _initializer_bytes(model)
-            size = f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
-            progress(f"save ({size} of weights" + (", external data)" if external_data else ")"))
+            progress(f"save ({size(nbytes)} of weights" + (", external data)" if external_data else ")"))
         try:
             if external_data:
                 ir.save(model, tmp_model, external_data=data_name)

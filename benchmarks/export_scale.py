@@ -26,9 +26,9 @@ pressure), each the peak of the sum over the child's whole process tree, sampled
 ``--samples-per-second`` times a second; the kernel's own peak RSS of the largest single process (ru_maxrss,
 exact, a check on the sampling); and the export directory's size on disk (allocated blocks, a file with several
 hard links counted once) against the fp32 weight bytes. Before each run the page cache is synced (``os.sync``),
-so no run pays for the writeback of the checkpoint or of an earlier run. ``--repeat N`` runs every export N times, interleaved,
-and prints medians. ``--stages`` adds, for our exports, the peak memory and the time of each stage the CLI
-prints (``[qaic] <stage> ...``).
+so no run pays for the writeback of the checkpoint or of an earlier run. ``--repeat N`` runs every export N
+times, interleaved, and prints medians. ``--stages`` adds, for our exports, the peak memory and the time of each
+stage the CLI prints (``[qaic] <stage> ...``).
 
 ``--growth`` runs everything at 2 and 6 layers (``--growth-layers``) and prints, per added layer, the growth of
 time, memory and disk (and as a fraction of the fp32 bytes a layer brings), then a table "on paper" for

@@ -286,23 +286,24 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
                 Steps(total=1 + len(kinds), desc=spec.name) as steps,
             ):  # the top-level graph, one layer per kind
                 traced.append(trace_graph(arch, model, settings, spec, graph, steps)[0])
+        point_graphs(traced, [graph for graph, _ in modules], weights)
+        export_config = arch.export_config(config, task=settings.task)
+        for spec, traced_graph in zip(plan, traced):
+            path = graph_file(staging, spec.name)
+            save_graph(traced_graph.model, path)
+            # The checks look at the graph, not at the weights' values, so they run while the write goes on.
+            with stage(f"check the {spec.name} graph (onnx checker, custom-op functions, onnxruntime load)"):
+                check_onnx(path)
+            side = os.path.join(staging, spec.name)
+            os.makedirs(side, exist_ok=True)
+            export_config.write_specializations(
+                os.path.join(side, "specializations.json"), settings.batch_size, settings.ctx_lens, window, spec.decode
+            )
+            export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
         with stage("finish writing the weights"):
             bar = progress(total=weights.size >> 20, desc="weights", unit="MiB")
             writing.wait(lambda done: bar.update((done >> 20) - bar.n))
             bar.close()
-    point_graphs(traced, [graph for graph, _ in modules], weights)
-    export_config = arch.export_config(config, task=settings.task)
-    for spec, graph in zip(plan, traced):
-        path = graph_file(staging, spec.name)
-        save_graph(graph.model, path)
-        with stage(f"check the {spec.name} graph (onnx checker, custom-op functions, onnxruntime load)"):
-            check_onnx(path)
-        side = os.path.join(staging, spec.name)
-        os.makedirs(side, exist_ok=True)
-        export_config.write_specializations(
-            os.path.join(side, "specializations.json"), settings.batch_size, settings.ctx_lens, window, spec.decode
-        )
-        export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
     del traced, own, modules, weights
     write_model_files(config, model_dir, staging, settings.trust_remote_code)
     commands = compiler.write_compile_files(staging, settings, backend)

@@ -106,17 +106,14 @@ class WeightWriter:
             return torch.stack([recipe.fn(self.rows(s, slice(None))) for s in picked])
         raise ValueError("a transposed parameter cannot be read by rows; write it whole")
 
-    def write(self, param: torch.Tensor, out: np.ndarray, between_blocks: Callable[[], None] | None = None) -> None:
-        """Fill ``out`` (float32, param's shape, e.g. a memory map of the data file) block by block, calling
-        ``between_blocks()`` before each (it may raise to stop the write)."""
-        between_blocks = between_blocks or (lambda: None)
+    def write(self, param: torch.Tensor, out: np.ndarray) -> None:
+        """Fill ``out`` (float32, param's shape, e.g. a memory map of the data file) block by block."""
         dst = torch.from_numpy(out)  # shares out's memory
         recipe = getattr(param, RECIPE, None)
         if isinstance(recipe, Transposed):  # out[:, a:b] = source[a:b].T: contiguous reads, strided writes
             n = recipe.source.shape[0]
             step = _rows_per_block(recipe.source, TRANSPOSED_BLOCK_BYTES)
             for a in range(0, n, step):
-                between_blocks()
                 _copy(dst[:, a : a + step], self.rows(recipe.source, slice(a, a + step)).t())
             return
         if param.dim() == 0:
@@ -124,7 +121,6 @@ class WeightWriter:
             return
         step = _rows_per_block(param, BLOCK_BYTES)
         for a in range(0, param.shape[0], step):
-            between_blocks()
             _copy(dst[a : a + step], self.rows(param, slice(a, a + step)))
 
 

@@ -263,7 +263,7 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
     from .. import compiler
     from ..logging import progress
     from ..tensors import WeightWriter
-    from .external_data import lay_out, point_graphs, save_graph, write_in_background
+    from .external_data import FORK, lay_out, point_graphs, save_graph, write_in_background
     from .onnx_export import check_onnx
 
     config = load_config(model_dir, settings.trust_remote_code)
@@ -278,7 +278,8 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
     weights = lay_out(graph for graph, _ in modules)
     kinds = {arch.layer_kind(model, i) for i in range(len(arch.decoder_layers(model)))}
     traced = []
-    info(f"write the weights ({size(weights.size)} in weights.data, shared by the graphs) while tracing")
+    where = "in a process of their own" if FORK else "before tracing"
+    info(f"write the weights ({size(weights.size)} in weights.data, shared by the graphs) {where}")
     with write_in_background(staging, weights, WeightWriter(names, source.read, own)) as writing:
         for spec, (graph, _) in zip(plan, modules):
             with (
@@ -300,10 +301,11 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
                 os.path.join(side, "specializations.json"), settings.batch_size, settings.ctx_lens, window, spec.decode
             )
             export_config.write_custom_io(os.path.join(side, "custom_io.yaml"), settings.mxint8_kv_cache)
-        with stage("finish writing the weights"):
-            bar = progress(total=weights.size >> 20, desc="weights", unit="MiB")
-            writing.wait(lambda done: bar.update((done >> 20) - bar.n))
-            bar.close()
+        if writing is not None:
+            with stage("finish writing the weights"):
+                bar = progress(total=weights.size >> 20, desc="weights", unit="MiB")
+                writing.wait(lambda done: bar.update((done >> 20) - bar.n))
+                bar.close()
     del traced, own, modules, weights
     write_model_files(config, model_dir, staging, settings.trust_remote_code)
     commands = compiler.write_compile_files(staging, settings, backend)

@@ -5,7 +5,11 @@ split, stacked), straight from the checkpoint. Built here on a real tiny model, 
 and every byte the writer puts in a memory-mapped file must equal them, for every architecture's recipes, with
 blocks small enough that every tensor takes several, the last one partial."""
 
-import threading
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -16,6 +20,7 @@ from optimum_qaic_moe import tensors
 from optimum_qaic_moe.exporters import external_data
 from optimum_qaic_moe.exporters.main import resolve_architecture
 from optimum_qaic_moe.moe.block import MoEDispatchConfig
+from optimum_qaic_moe.settings import UserError
 from optimum_qaic_moe.tensors import RECIPE, Transposed, WeightWriter
 from optimum_qaic_moe.testing import tiny_configs, tiny_model
 
@@ -54,7 +59,7 @@ def test_a_transposed_weight_is_written_through_small_blocks(tmp_path, monkeypat
     np.testing.assert_array_equal(out, source.t().numpy())
 
 
-def tiny_weights(tmp_path):
+def tiny_weights():
     model = tiny_model("qwen3_moe")
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     state = model.state_dict()
@@ -62,36 +67,103 @@ def tiny_weights(tmp_path):
     return graph, names, state
 
 
-def test_a_failing_export_stops_the_background_write(tmp_path, monkeypatch):
-    """The weights are written while the graphs are traced; when the tracing fails, the write stops at its next
-    block and its thread is gone before the error goes on (the caller then discards the directory)."""
-    monkeypatch.setattr(tensors, "BLOCK_BYTES", 64)
-    graph, names, state = tiny_weights(tmp_path)
-    weights = external_data.lay_out([graph])
-    reading = threading.Event()
+def alive(pid):
+    """Whether pid is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
 
-    def read(name, rows):
-        reading.set()
-        time.sleep(0.001)
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_the_background_write_writes_what_the_writer_writes(tmp_path, monkeypatch, fork):
+    """In a forked child (Linux) or before the body (elsewhere): the same bytes as writing in this process."""
+    monkeypatch.setattr(external_data, "FORK", fork)
+    graph, names, state = tiny_weights()
+    weights = external_data.lay_out([graph])
+    writer = WeightWriter(names, lambda name, rows: state[name][rows].float())
+    (tmp_path / "here").mkdir()
+    external_data.write(str(tmp_path / "here"), weights, writer)
+    with external_data.write_in_background(str(tmp_path), weights, writer) as job:
+        if fork:
+            assert job.pid != os.getpid()
+            job.wait()
+            assert job.done == sum(external_data._nbytes(shape) for _, shape in weights.layout.values())
+        else:
+            assert job is None
+    data = (tmp_path / "weights.data").read_bytes()
+    assert len(data) == weights.size and data == (tmp_path / "here" / "weights.data").read_bytes()
+
+
+def test_a_failing_export_kills_the_background_write(tmp_path):
+    """The weights are written while the graphs are traced; when the tracing fails, the writing process is killed
+    and reaped before the error goes on (the caller then discards the directory)."""
+    graph, names, state = tiny_weights()
+    weights = external_data.lay_out([graph])
+
+    def slow_read(name, rows):  # runs in the child
+        time.sleep(0.05)
         return state[name][rows].float()
 
     with pytest.raises(RuntimeError, match="tracing failed"):
-        with external_data.write_in_background(str(tmp_path), weights, WeightWriter(names, read)) as job:
-            assert reading.wait(30)
+        with external_data.write_in_background(str(tmp_path), weights, WeightWriter(names, slow_read)) as job:
+            child = job.pid
+            assert alive(child)
             raise RuntimeError("tracing failed")
-    assert not job._thread.is_alive()
-    assert job.done < weights.size  # stopped part way (a write left to finish would have written it all)
+    assert job.pid is None and not alive(child)
 
 
-def test_an_error_of_the_background_write_reaches_the_caller(tmp_path):
-    graph, names, state = tiny_weights(tmp_path)
+def test_an_error_of_the_background_write_reaches_the_caller_as_raised(tmp_path):
+    graph, names, state = tiny_weights()
     weights = external_data.lay_out([graph])
 
     def read(name, rows):
         if "experts" in name:
-            raise OSError(5, "Input/output error", "model.safetensors")
+            raise UserError(f"{name} is truncated: re-download the checkpoint")
         return state[name][rows].float()
 
-    with pytest.raises(OSError, match="Input/output error"):
-        with external_data.write_in_background(str(tmp_path), weights, WeightWriter(names, read)):
-            pass
+    with pytest.raises(UserError, match="is truncated: re-download the checkpoint"):
+        with external_data.write_in_background(str(tmp_path), weights, WeightWriter(names, read)) as job:
+            job.wait()
+
+
+def test_a_writer_killed_by_a_signal_is_an_error(tmp_path):
+    graph, names, state = tiny_weights()
+    weights = external_data.lay_out([graph])
+
+    def read(name, rows):
+        os.kill(os.getpid(), signal.SIGKILL)  # e.g. the kernel's OOM killer
+
+    with pytest.raises(RuntimeError, match="the process writing weights.data died \\(killed by SIGKILL\\)"):
+        with external_data.write_in_background(str(tmp_path), weights, WeightWriter(names, read)) as job:
+            job.wait()
+
+
+def test_the_writer_dies_with_a_killed_export(tmp_path):
+    """SIGKILL leaves the export no chance to stop its writer: the kernel kills the writer with it."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_weight_writer import tiny_weights
+        from optimum_qaic_moe.exporters import external_data
+        from optimum_qaic_moe.tensors import WeightWriter
+        graph, names, state = tiny_weights()
+        def read(name, rows):
+            time.sleep(600)  # the writer is still at work when the export dies
+        weights = external_data.lay_out([graph])
+        with external_data.write_in_background({str(tmp_path)!r}, weights, WeightWriter(names, read)) as job:
+            print(job.pid, flush=True)
+            time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert alive(child)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)

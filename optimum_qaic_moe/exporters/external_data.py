@@ -123,7 +123,12 @@ class BackgroundWrite:
         self._progress_r, progress_w = os.pipe()
         self._error_r, error_w = os.pipe()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no memory or process slot for a child (a strict overcommit policy, a pid limit)
+            for fd in (self._progress_r, progress_w, self._error_r, error_w):
+                os.close(fd)
+            raise
         if pid == 0:  # the child: write, report, and leave without running any of the parent's exit handlers
             os.close(self._progress_r)
             os.close(self._error_r)
@@ -246,15 +251,22 @@ def _die_with(parent: int) -> None:
 def write_in_background(export_dir: str, weights: WeightsFile, writer) -> Iterator[BackgroundWrite | None]:
     """Write the weights while the body runs (it must call ``wait()`` on what it gets, before using the file).
     On any exception in the body, the writing process is killed, and reaped, before the exception goes on: nothing
-    keeps writing into a directory the caller is about to discard. Where fork is not available (``FORK``), the
-    weights are written first and the body gets None."""
+    keeps writing into a directory the caller is about to discard. Where fork is not available (``FORK``) or
+    fails, the weights are written first and the body gets None."""
     reserve(export_dir, weights)  # here, so a full disk stops the export before the tracing, not after
-    if not FORK:
+    job = None
+    if FORK:
+        try:
+            job = BackgroundWrite(export_dir, weights, writer)
+        except OSError as e:
+            from ..logging import info
+
+            info(f"could not start a process to write the weights ({e.strerror or e}): writing them first")
+    if job is None:
         with _one_thread():
             write(export_dir, weights, writer)
         yield None
         return
-    job = BackgroundWrite(export_dir, weights, writer)
     try:
         yield job
     except BaseException:

@@ -25,7 +25,8 @@ from torch import nn
 
 ReadRows = Callable[[str, slice | None], torch.Tensor]  # (transformers parameter name, dim-0 rows) -> fp32
 # Rows converted per step. Small on purpose: the block is read, converted to float32 and copied (often transposed)
-# into the data file while it is still in the CPU cache; 64 MiB blocks ran 2-4x slower (benchmarks/export_scale.py).
+# into the data file while it is still in the CPU cache; in micro-benchmarks of these copies 64 MiB blocks ran 2-4x
+# slower than blocks of a few MiB.
 BLOCK_BYTES = 8 << 20
 TRANSPOSED_BLOCK_BYTES = 1 << 20  # a transposed write scatters each source row over the whole output
 RECIPE = "qaic_recipe"  # the attribute a made parameter carries its recipe in

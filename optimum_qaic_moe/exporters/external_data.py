@@ -77,7 +77,8 @@ def reserve(export_dir: str, weights: WeightsFile) -> str:
         try:
             os.posix_fallocate(f.fileno(), 0, max(weights.size, 1))
         except OSError as e:
-            free = os.statvfs(export_dir).f_bavail * os.statvfs(export_dir).f_frsize
+            fs = os.statvfs(export_dir)
+            free = fs.f_bavail * fs.f_frsize
             raise OSError(
                 e.errno,
                 f"{e.strerror}: {DATA_NAME} needs {size(weights.size)}, {size(free)} free",
@@ -119,7 +120,7 @@ class BackgroundWrite:
     child (the write ended before the tracing did)."""
 
     def __init__(self, export_dir: str, weights: WeightsFile, writer):
-        self.size, self.done = weights.size, 0
+        self.done = 0
         self._progress_r, progress_w = os.pipe()
         self._error_r, error_w = os.pipe()
         parent = os.getpid()
@@ -140,7 +141,7 @@ class BackgroundWrite:
         self._error = b""
 
     def _drain(self) -> None:
-        """Take what the child has sent so far: the latest byte count, and any pickled exception."""
+        """Take the byte counts the child has sent so far; keep the latest."""
         while True:
             try:
                 chunk = os.read(self._progress_r, 1 << 16)
@@ -285,7 +286,7 @@ def point_graphs(graphs, modules: Iterable[nn.Module], weights: WeightsFile) -> 
     for traced, module in zip(graphs, modules, strict=True):
         laid_out = dict(module.named_parameters(remove_duplicate=False))
         for name, param in traced.params.items():
-            if laid_out.get(name) is not param or name not in weights.layout:
+            if laid_out.get(name) is not param:  # lay_out placed every parameter of the module
                 raise ValueError(f"the traced graph's weight {name} is not the graph module's parameter of that name")
         for name, value in traced.model.graph.initializers.items():
             if name in traced.params:

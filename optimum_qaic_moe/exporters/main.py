@@ -123,7 +123,7 @@ def build_graph(arch, model, settings: ExportSettings, spec: GraphSpec):
 
 
 def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, graph, progress):
-    """Trace one graph module (from ``build_graph``) on the meta device; returns (TracedGraph, windows)."""
+    """Trace one graph module (from ``build_graph``) on the meta device; returns the TracedGraph."""
     from .layers import trace
 
     export_config = arch.export_config(model.config, task=settings.task)
@@ -136,7 +136,7 @@ def trace_graph(arch, model, settings: ExportSettings, spec: GraphSpec, graph, p
     from .onnx_export import apply_io_names
 
     apply_io_names(traced.model, export_config.input_names(), export_config.output_names())
-    return traced, rings
+    return traced
 
 
 # What one traced graph may ask for, beyond which tracing and onnxruntime would run for minutes and grow without
@@ -274,20 +274,21 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
     window = sliding_window(arch, model)
     plan = graph_plan(settings)
     modules = [build_graph(arch, model, settings, spec) for spec in plan]
+    graphs = [graph for graph, _ in modules]
     own = {key: data for _, graph_own in modules for key, data in graph_own.items()}
-    weights = lay_out(graph for graph, _ in modules)
+    weights = lay_out(graphs)
     kinds = {arch.layer_kind(model, i) for i in range(len(arch.decoder_layers(model)))}
     traced = []
     where = "in a process of their own" if FORK else "before tracing"
     info(f"write the weights ({size(weights.size)} in weights.data, shared by the graphs) {where}")
     with write_in_background(staging, weights, WeightWriter(names, source.read, own)) as writing:
-        for spec, (graph, _) in zip(plan, modules):
+        for spec, graph in zip(plan, graphs):
             with (
                 stage(f"trace the {spec.name} graph ({describe(spec, settings)})"),
                 Steps(total=1 + len(kinds), desc=spec.name) as steps,
             ):  # the top-level graph, one layer per kind
-                traced.append(trace_graph(arch, model, settings, spec, graph, steps)[0])
-        point_graphs(traced, [graph for graph, _ in modules], weights)
+                traced.append(trace_graph(arch, model, settings, spec, graph, steps))
+        point_graphs(traced, graphs, weights)
         export_config = arch.export_config(config, task=settings.task)
         for spec, traced_graph in zip(plan, traced):
             path = graph_file(staging, spec.name)
@@ -306,7 +307,7 @@ def _export_into(staging: str, settings: ExportSettings, model_dir: str, arch, b
                 bar = progress(total=weights.size >> 20, desc="weights", unit="MiB")
                 writing.wait(lambda done: bar.update((done >> 20) - bar.n))
                 bar.close()
-    del traced, own, modules, weights
+    del traced, own, modules, graphs, weights
     write_model_files(config, model_dir, staging, settings.trust_remote_code)
     commands = compiler.write_compile_files(staging, settings, backend)
     write_qaic_config(staging, settings, config, model_dir, window)

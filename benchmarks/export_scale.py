@@ -353,9 +353,9 @@ def measure_layers(layers: int, args, root: str) -> dict:
         for kind in args.runs:
             out = os.path.join(root, f"export-{kind}-{layers}")
             log = os.path.join(root, f"{kind}-{layers}-{rep}.log")
-            # Every run starts with nothing dirty in the page cache: otherwise the first run pays for the writeback
-            # of the checkpoint just written and each later one for whatever its predecessor left (the kernel
-            # throttles a writer once a few GiB are dirty, and every export here writes ~7 GiB).
+            # Every run starts with nothing dirty in the page cache: otherwise the first run's writes share the disk
+            # with the writeback of the checkpoint just written, and each later run's with whatever its predecessor
+            # left (every export here writes ~7 GiB, and writing them is bound by the disk).
             os.sync()
             result = run_measured(
                 export_command(kind, model_dir, out, args), log, 1 / args.samples_per_second, child_env(kind, args)
